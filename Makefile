@@ -1,0 +1,54 @@
+# coopstance: `make help` lists the targets. Variables: CONFIG, ARGS (key=value overrides), NPROC, MODEL, ARTICLE.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/mbert.yaml
+ARGS ?=
+NPROC ?= 1
+MODEL ?= outputs/mbert/model
+ARTICLE ?= seeds/trade_ministers_us_japan_korea.de.txt
+SPLIT ?= test
+
+.PHONY: help install train evaluate predict demo test test-all lint data-check bench-inference clean-demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@echo "  Variables: CONFIG=$(CONFIG) ARGS='key=value ...' NPROC=$(NPROC) MODEL=$(MODEL) ARTICLE=$(ARTICLE) SPLIT=$(SPLIT)"
+
+install: ## create .venv and install the package with its test tools
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[dev]"
+
+train: ## fine-tune CONFIG (default mbert) with ARGS overrides; NPROC=8 for 8 GPUs
+ifeq ($(NPROC),1)
+	$(PY) train/train.py --config $(CONFIG) $(ARGS)
+else
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train/train.py --config $(CONFIG) $(ARGS)
+endif
+
+evaluate: ## score MODEL on SPLIT (default test) with 95% CIs and the baseline beside it
+	$(PY) eval/evaluate.py $(MODEL) --split $(SPLIT)
+
+predict: ## tag ARTICLE (a text file) with MODEL, sentence by sentence
+	$(PY) eval/predict.py $(MODEL) $(ARTICLE)
+
+demo: ## offline end to end: tiny train, evaluate, tag the seed article (outputs/demo)
+	$(PY) train/train.py --config configs/tiny.yaml train.run_name=demo train.overwrite=true $(ARGS)
+	$(PY) eval/evaluate.py outputs/demo/model --split test --bootstrap 300
+	$(PY) eval/predict.py outputs/demo/model $(ARTICLE) --output outputs/demo/seed_tagged.jsonl
+
+test: ## fast offline test suite
+	$(PY) -m pytest -q
+
+test-all: ## the test suite including slow tests
+	$(PY) -m pytest -q -m ''
+
+lint: ## ruff
+	$(PY) -m ruff check .
+
+data-check: ## validate the corpus and splits, print counts, check corpus targets
+	$(PY) -m coopstance.corpus check
+
+bench-inference: ## sentences/second of the tagger (tiny model, CPU), median of several runs
+	$(PY) eval/bench_inference.py

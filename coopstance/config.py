@@ -1,0 +1,278 @@
+"""Run configuration: typed dataclasses, filled from a YAML file and `key=value` overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["train.epochs=3", "data.context_sentences=1"])
+
+Unknown keys and wrong types are errors that name the key, the file (or the command line) and, where it can
+guess, the key that was meant. Every field has help text: `python train/train.py --help` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from coopstance.labels import REPO_ROOT
+
+TINY_MODEL = "tiny"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says where and how to fix it."""
+
+
+def _help(text: str, default: Any) -> Any:
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        factory = default if callable(default) else (lambda d=default: type(d)(d))
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TinyModelArgs:
+    """Size of the random-init BERT built when `model.name_or_path: tiny` (offline demo and tests)."""
+
+    vocab_size: int = _help("WordPiece vocabulary size of the tokenizer trained on the training split.", 3000)
+    hidden_size: int = _help("Hidden size of the tiny BERT.", 64)
+    num_hidden_layers: int = _help("Transformer layers of the tiny BERT.", 2)
+    num_attention_heads: int = _help("Attention heads of the tiny BERT (must divide hidden_size).", 2)
+    intermediate_size: int = _help("Feed-forward size of the tiny BERT.", 128)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.tiny.hidden_size={self.hidden_size} is not divisible by "
+                f"model.tiny.num_attention_heads={self.num_attention_heads}; pick sizes that divide"
+            )
+        if self.vocab_size < 200:
+            raise ConfigError(f"model.tiny.vocab_size={self.vocab_size} is too small; use at least 200")
+
+
+@dataclass
+class ModelArgs:
+    name_or_path: str = _help(
+        "Hub name or local folder of any encoder AutoModelForSequenceClassification supports "
+        "(e.g. bert-base-multilingual-cased, xlm-roberta-base, ./my-model), or 'tiny' for a random-init "
+        "BERT with a tokenizer trained on the fly.",
+        "bert-base-multilingual-cased",
+    )
+    max_length: int = _help("Maximum tokens per input (target sentence plus context).", 128)
+    tiny: TinyModelArgs = _help("Sizes used when name_or_path is 'tiny'.", TinyModelArgs)
+
+    def __post_init__(self) -> None:
+        if not self.name_or_path.strip():
+            raise ConfigError("model.name_or_path is empty; give a hub name, a local folder, or 'tiny'")
+        if not 16 <= self.max_length <= 8192:
+            raise ConfigError(f"model.max_length={self.max_length} must be between 16 and 8192")
+
+
+@dataclass
+class DataArgs:
+    sources: list[str] = _help(
+        "Where records come from: folders (all .jsonl/.csv/.parquet inside), files, or 'hub:<dataset>[:split]' "
+        "for a Hugging Face datasets name (needs network).",
+        ["data/corpus", "seeds"],
+    )
+    splits_file: str = _help(
+        "JSON file assigning each article to train/dev/test. Articles missing from it are assigned by a hash of "
+        "their article_id (80/10/10), so your own data gets a stable split too.",
+        "data/splits.json",
+    )
+    labels_file: str = _help("The label schema.", "configs/labels.yaml")
+    context_sentences: int = _help(
+        "Feed the N sentences before and after the target as the second segment of a text pair, so that "
+        "implicit references ('the three ministers', 'Beijing') can be resolved. 0 = sentence alone.",
+        0,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources is empty; list at least one folder, file or hub:<dataset>")
+        if not 0 <= self.context_sentences <= 10:
+            raise ConfigError(f"data.context_sentences={self.context_sentences} must be between 0 and 10")
+
+
+@dataclass
+class LossArgs:
+    topic_weight: float = _help("Weight of the topic binary cross-entropy in the total loss.", 1.0)
+    stance_weight: float = _help("Weight of the stance cross-entropy in the total loss.", 1.0)
+    topic_pos_weight: bool = _help("Up-weight rare topics: BCE pos_weight = negatives/positives in train.", True)
+    stance_class_weights: bool = _help("Inverse-frequency class weights for the stance cross-entropy.", True)
+    max_weight: float = _help("Cap for any pos_weight or class weight, so a rare label cannot dominate.", 10.0)
+
+    def __post_init__(self) -> None:
+        if self.topic_weight < 0 or self.stance_weight < 0 or self.topic_weight + self.stance_weight == 0:
+            raise ConfigError("loss.topic_weight and loss.stance_weight must be >= 0 and not both 0")
+        if self.max_weight < 1:
+            raise ConfigError(f"loss.max_weight={self.max_weight} must be >= 1")
+
+
+@dataclass
+class TrainArgs:
+    output_root: str = _help("Folder that holds one sub-folder per run.", "outputs")
+    run_name: str = _help("Run folder name under output_root.", "run")
+    overwrite: bool = _help(
+        "Replace a finished run folder of the same name. Without it a finished run is never overwritten, "
+        "and an unfinished one (killed run) is resumed from its last checkpoint.",
+        False,
+    )
+    seed: int = _help("Seed for model init, shuffling and dropout.", 42)
+    epochs: float = _help("Training epochs (dev evaluation and a checkpoint after each).", 5.0)
+    max_steps: int = _help("Stop after this many optimizer steps (-1 = use epochs). For smoke tests.", -1)
+    learning_rate: float = _help("Peak learning rate (AdamW, linear decay).", 3e-5)
+    batch_size: int = _help("Training batch size per device.", 32)
+    eval_batch_size: int = _help("Evaluation batch size per device.", 64)
+    gradient_accumulation_steps: int = _help("Batches accumulated per optimizer step.", 1)
+    warmup_ratio: float = _help("Fraction of steps used for linear warm-up.", 0.1)
+    weight_decay: float = _help("AdamW weight decay.", 0.01)
+    precision: str = _help("auto (bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU), bf16, fp16, fp32.", "auto")
+    early_stopping_patience: int = _help("Stop after this many epochs without a better dev score (0 = off).", 2)
+    logging_steps: int = _help("Log loss and learning rate every N steps (TensorBoard in <run>/logs).", 10)
+    save_total_limit: int = _help("Keep at most this many checkpoints (the best one is always kept).", 2)
+    dataloader_num_workers: int = _help("Data loader worker processes.", 0)
+    progress_bar: bool = _help("Show tqdm progress bars.", True)
+    bootstrap_samples: int = _help("Article-level bootstrap resamples for the confidence intervals.", 1000)
+    baseline: bool = _help("Also train and score a TF-IDF + logistic-regression baseline for metrics.json.", True)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision={self.precision!r} is not one of {PRECISIONS}{_did_you_mean(self.precision, PRECISIONS)}")
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate={self.learning_rate} must be > 0")
+        if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"train.run_name={self.run_name!r} must be a plain folder name")
+
+
+@dataclass
+class RunConfig:
+    model: ModelArgs = _help("Encoder to fine-tune.", ModelArgs)
+    data: DataArgs = _help("Records, splits and labels.", DataArgs)
+    loss: LossArgs = _help("Multi-task loss weights.", LossArgs)
+    train: TrainArgs = _help("Optimisation, checkpoints and outputs.", TrainArgs)
+
+    @property
+    def run_dir(self) -> Path:
+        return resolve_path(self.train.output_root, must_exist=False) / self.train.run_name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True)
+
+
+def resolve_path(path: str | Path, must_exist: bool = True) -> Path:
+    """A relative path is taken from the current folder, else from the repository root (scripts run from either)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or not must_exist:
+        return p
+    from_root = REPO_ROOT / p
+    return from_root if from_root.exists() else p
+
+
+def _did_you_mean(word: str, choices: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f". Did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+def _check_keys(values: dict[str, Any], cls: type, prefix: str, origin: str) -> None:
+    """Reject unknown keys before OmegaConf sees them, with the full dotted key and a suggestion."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"{origin}: unknown key '{dotted}'{_did_you_mean(key, fields, prefix)} "
+                f"Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
+            )
+        sub = fields[key].type
+        sub_cls = globals().get(sub) if isinstance(sub, str) else sub
+        if dataclasses.is_dataclass(sub_cls):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{dotted}' is a section; write '{dotted}.<key>: value'")
+            _check_keys(value, sub_cls, dotted + ".", origin)
+
+
+def _overrides_to_dict(overrides: list[str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command line: '{item}' is not a key=value override (e.g. train.epochs=3)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"command line: '{key}' conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: Any, values: dict[str, Any], origin: str) -> Any:
+    try:
+        return OmegaConf.merge(base, values)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{origin}: bad value for '{key}': {msg}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- command-line overrides, validated into a `RunConfig`."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        file = resolve_path(path)
+        if not file.is_file():
+            raise ConfigError(f"{path}: config file not found. Configs shipped: {', '.join(list_configs())}")
+        try:
+            values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, loss, train)")
+        _check_keys(values, RunConfig, "", str(path))
+        cfg = _merge(cfg, values, str(path))
+    if overrides:
+        values = _overrides_to_dict(overrides)
+        _check_keys(values, RunConfig, "", "command line")
+        cfg = _merge(cfg, values, "command line")
+    origin = " + ".join(filter(None, [str(path) if path else "", "command line" if overrides else ""])) or "defaults"
+    try:
+        return OmegaConf.to_object(cfg)  # runs each dataclass's __post_init__ validation
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{origin}: {str(err).splitlines()[0]}") from None
+
+
+def list_configs() -> list[str]:
+    root = REPO_ROOT / "configs"
+    return sorted(str(p.relative_to(REPO_ROOT)) for p in root.rglob("*.yaml") if p.name != "labels.yaml")
+
+
+def help_text() -> str:
+    """One line per key with its default and help, for `--help`."""
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            sub = globals().get(f.type) if isinstance(f.type, str) else f.type
+            if dataclasses.is_dataclass(sub):
+                walk(sub, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name}={getattr(instance, f.name)!r}\n      {f.metadata.get('help', '')}")
+
+    walk(RunConfig, "")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Scores: per-topic precision/recall/F1, stance F1, threshold tuning and article-level bootstrap intervals.
+
+Sentences of one article are not independent, so confidence intervals resample whole articles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from coopstance.labels import LabelSchema
+
+DEFAULT_THRESHOLD = 0.5
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    return precision, recall, f1
+
+
+def topic_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-topic precision, recall, F1 for boolean matrices [n, topics]."""
+    y_true, y_pred = y_true.astype(bool), y_pred.astype(bool)
+    tp = (y_true & y_pred).sum(0).astype(float)
+    fp = (~y_true & y_pred).sum(0).astype(float)
+    fn = (y_true & ~y_pred).sum(0).astype(float)
+    return _f1(tp, fp, fn)
+
+
+def stance_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1 for class-index vectors."""
+    onehot = np.eye(num_classes, dtype=bool)
+    return topic_f1(onehot[y_true], onehot[y_pred])
+
+
+def _macro(values: np.ndarray, support: np.ndarray) -> float:
+    """Macro average over labels that occur in the gold data (absent labels would add a meaningless 0)."""
+    present = support > 0
+    return float(values[present].mean()) if present.any() else 0.0
+
+
+def headline_scores(
+    topic_true: np.ndarray, topic_pred: np.ndarray, stance_true: np.ndarray, stance_pred: np.ndarray, num_stances: int
+) -> dict[str, float]:
+    """The numbers used for model selection and in summaries."""
+    _, _, tf1 = topic_f1(topic_true, topic_pred)
+    _, _, sf1 = stance_f1(stance_true, stance_pred, num_stances)
+    topic_macro = _macro(tf1, topic_true.sum(0))
+    stance_macro = _macro(sf1, np.bincount(stance_true, minlength=num_stances))
+    tp = (topic_true.astype(bool) & topic_pred.astype(bool)).sum()
+    micro = 2 * tp / max(1, topic_true.sum() + topic_pred.sum())
+    return {
+        "topic_macro_f1": topic_macro,
+        "topic_micro_f1": float(micro),
+        "stance_macro_f1": stance_macro,
+        "stance_accuracy": float((stance_true == stance_pred).mean()) if len(stance_true) else 0.0,
+        "selection_score": (topic_macro + stance_macro) / 2,
+    }
+
+
+def tune_thresholds(topic_probs: np.ndarray, topic_true: np.ndarray) -> np.ndarray:
+    """Per-topic threshold with the best dev F1 (ties: the one closest to 0.5); 0.5 where dev has no positive."""
+    thresholds = np.full(topic_probs.shape[1], DEFAULT_THRESHOLD)
+    for j in range(topic_probs.shape[1]):
+        if topic_true[:, j].sum() == 0:
+            continue
+        preds = topic_probs[:, j][:, None] >= THRESHOLD_GRID[None, :]
+        truth = topic_true[:, j].astype(bool)[:, None]
+        tp = (preds & truth).sum(0)
+        f1 = 2 * tp / np.maximum(1, preds.sum(0) + truth.sum())
+        best = np.flatnonzero(f1 == f1.max())
+        thresholds[j] = THRESHOLD_GRID[best[np.argmin(np.abs(THRESHOLD_GRID[best] - DEFAULT_THRESHOLD))]]
+    return thresholds
+
+
+def bootstrap_indices(article_ids: list[str], samples: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of `samples` resamples that draw whole articles with replacement."""
+    rows_by_article: dict[str, list[int]] = {}
+    for i, a in enumerate(article_ids):
+        rows_by_article.setdefault(a, []).append(i)
+    groups = [np.array(rows) for rows in rows_by_article.values()]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([groups[k] for k in rng.integers(0, len(groups), len(groups))]) for _ in range(samples)]
+
+
+def evaluate_predictions(
+    topic_true: np.ndarray,
+    topic_pred: np.ndarray,
+    stance_true: np.ndarray,
+    stance_pred: np.ndarray,
+    article_ids: list[str],
+    schema: LabelSchema,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Full report: headline scores and per-label P/R/F1/support, each F1 with a 95% article-bootstrap interval."""
+    head = headline_scores(topic_true, topic_pred, stance_true, stance_pred, schema.num_stances)
+    tp_, tr_, tf_ = topic_f1(topic_true, topic_pred)
+    sp_, sr_, sf_ = stance_f1(stance_true, stance_pred, schema.num_stances)
+    boot_head: dict[str, list[float]] = {k: [] for k in head}
+    boot_topic, boot_stance = [], []
+    for idx in bootstrap_indices(article_ids, bootstrap_samples, seed):
+        h = headline_scores(topic_true[idx], topic_pred[idx], stance_true[idx], stance_pred[idx], schema.num_stances)
+        for k, v in h.items():
+            boot_head[k].append(v)
+        boot_topic.append(topic_f1(topic_true[idx], topic_pred[idx])[2])
+        boot_stance.append(stance_f1(stance_true[idx], stance_pred[idx], schema.num_stances)[2])
+
+    def ci(values: Any) -> list[float] | None:
+        if not bootstrap_samples:
+            return None
+        lo, hi = np.percentile(np.asarray(values), [2.5, 97.5], axis=0)
+        return [round(float(lo), 4), round(float(hi), 4)]
+
+    topic_support = topic_true.sum(0).astype(int)
+    stance_support = np.bincount(stance_true, minlength=schema.num_stances)
+    return {
+        "n_sentences": int(len(stance_true)),
+        "n_articles": len(set(article_ids)),
+        **{k: round(v, 4) for k, v in head.items()},
+        "ci95": {k: ci(v) for k, v in boot_head.items()},
+        "topics": {
+            t: {
+                "precision": round(float(tp_[j]), 4), "recall": round(float(tr_[j]), 4), "f1": round(float(tf_[j]), 4),
+                "f1_ci95": ci([b[j] for b in boot_topic]), "support": int(topic_support[j]),
+            }
+            for j, t in enumerate(schema.topics)
+        },
+        "stances": {
+            s: {
+                "precision": round(float(sp_[k]), 4), "recall": round(float(sr_[k]), 4), "f1": round(float(sf_[k]), 4),
+                "f1_ci95": ci([b[k] for b in boot_stance]), "support": int(stance_support[k]),
+            }
+            for k, s in enumerate(schema.stances)
+        },
+    }
+
+
+def format_report(title: str, report: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+    """A plain-text table: model F1 with its interval, and the baseline's F1 beside it."""
+
+    def cell(entry: dict[str, Any]) -> str:
+        ci = entry.get("f1_ci95")
+        return f"{entry['f1']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    lines = [f"{title}: {report['n_sentences']} sentences, {report['n_articles']} articles (95% CI: article bootstrap)"]
+    header = f"{'label':<32}{'support':>8}  {'P':>6} {'R':>6}  {'model F1 [95% CI]':<22}" + ("  baseline F1" if baseline else "")
+    lines.append(header)
+    lines.append("-" * len(header))
+    for section in ("topics", "stances"):
+        for name, entry in report[section].items():
+            base = f"  {baseline[section][name]['f1']:.3f}" if baseline else ""
+            label = ("topic/" if section == "topics" else "stance/") + name
+            lines.append(f"{label:<32}{entry['support']:>8}  {entry['precision']:>6.3f} {entry['recall']:>6.3f}  {cell(entry):<22}{base}")
+    lines.append("-" * len(header))
+    for key in ("topic_macro_f1", "topic_micro_f1", "stance_macro_f1", "stance_accuracy", "selection_score"):
+        ci = report["ci95"].get(key)
+        value = f"{report[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        base = f"  {baseline[key]:.3f}" if baseline else ""
+        lines.append(f"{key:<32}{'':>8}  {'':>6} {'':>6}  {value:<22}{base}")
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Model, tokenizer and the multi-task loss.
+
+One encoder, one standard sequence-classification head with `num_topics + num_stances` logits:
+`[topic logits | stance logits]`. Topics are independent sigmoids (BCE), stance is a softmax (CE). Keeping the
+stock head means the exported folder loads with plain `AutoModelForSequenceClassification`, no custom code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from coopstance.config import TINY_MODEL, LossArgs, ModelArgs
+from coopstance.labels import LabelSchema
+
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+class ModelUnavailableError(RuntimeError):
+    """The named model is neither a local folder, nor cached, nor downloadable right now."""
+
+
+def split_logits(logits: torch.Tensor, num_topics: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits[..., :num_topics], logits[..., num_topics:]
+
+
+def multitask_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_topics: int,
+    topic_pos_weight: torch.Tensor | None = None,
+    stance_class_weight: torch.Tensor | None = None,
+    topic_weight: float = 1.0,
+    stance_weight: float = 1.0,
+) -> torch.Tensor:
+    """BCE over topics + CE over stance.
+
+    `labels` packs both targets in one float tensor `[batch, num_topics + 1]`: the multi-hot topics, then the
+    stance class index. (One `labels` tensor is what `Trainer` gathers and hands to `compute_metrics`.)
+    The topic BCE is the mean over batch x topics; the stance CE is the weighted mean over the batch, as in
+    `torch.nn.functional.cross_entropy`.
+    """
+    topic_logits, stance_logits = split_logits(logits.float(), num_topics)
+    topic_targets, stance_targets = labels[:, :num_topics].float(), labels[:, num_topics].long()
+    pos_weight = topic_pos_weight.to(logits.device) if topic_pos_weight is not None else None
+    class_weight = stance_class_weight.to(logits.device) if stance_class_weight is not None else None
+    topic_loss = F.binary_cross_entropy_with_logits(topic_logits, topic_targets, pos_weight=pos_weight)
+    stance_loss = F.cross_entropy(stance_logits, stance_targets, weight=class_weight)
+    return topic_weight * topic_loss + stance_weight * stance_loss
+
+
+def loss_weights(
+    topic_rows: list[list[float]], stance_ids: list[int], schema: LabelSchema, args: LossArgs
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Topic `pos_weight` (negatives / positives) and inverse-frequency stance weights from the training split."""
+    n = len(topic_rows)
+    pos_weight = class_weight = None
+    if args.topic_pos_weight:
+        positives = torch.tensor(topic_rows).sum(0)
+        pos_weight = ((n - positives) / positives.clamp(min=1)).clamp(min=1.0, max=args.max_weight)
+    if args.stance_class_weights:
+        counts = torch.bincount(torch.tensor(stance_ids), minlength=schema.num_stances).float()
+        class_weight = (n / (schema.num_stances * counts.clamp(min=1))).clamp(max=args.max_weight)
+    return pos_weight, class_weight
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a pretrained encoder (by hub name or local path), with a fast, helpful failure when offline.
+
+
+def _offline_message(name: str, reason: str) -> str:
+    return (
+        f"Cannot load model '{name}': {reason}.\n"
+        "Ways out:\n"
+        f"  - download it once on a machine with network (`huggingface-cli download {name}`) and copy the folder, "
+        "then set model.name_or_path=/path/to/folder;\n"
+        "  - or copy a populated Hugging Face cache (~/.cache/huggingface/hub) to this machine (HF_HOME);\n"
+        "  - or run the offline pipeline with the tiny model: make train CONFIG=configs/tiny.yaml"
+    )
+
+
+def ensure_model_available(name_or_path: str) -> None:
+    """Fail within seconds, with a useful message, if the model cannot be had (no network, not cached)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(_offline_message(name_or_path, f"folder {path} has no config.json"))
+        return
+    if name_or_path.startswith((".", "/", "~")):
+        raise ModelUnavailableError(_offline_message(name_or_path, "no such local folder"))
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name_or_path, "config.json")
+    if isinstance(cached, str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelUnavailableError(_offline_message(name_or_path, "it is not in the local cache and HF_HUB_OFFLINE is set"))
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
+    except OSError as err:
+        raise ModelUnavailableError(
+            _offline_message(name_or_path, f"it is not in the local cache and {host}:{port} is unreachable ({err})")
+        ) from None
+
+
+def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Any encoder `AutoModelForSequenceClassification` supports, with a fresh coopstance head."""
+    ensure_model_available(args.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.name_or_path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.name_or_path,
+        num_labels=schema.num_labels,
+        id2label=schema.id2label,
+        label2id=schema.label2id,
+        ignore_mismatched_sizes=True,  # an already fine-tuned checkpoint may carry a head of another size
+    )
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tiny offline model: random-init BERT plus a WordPiece tokenizer trained on the training texts.
+
+
+def train_tiny_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False, handle_chinese_chars=True)
+    wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    return BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=False)
+
+
+def build_tiny_model(args: ModelArgs, schema: LabelSchema, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.tiny.hidden_size,
+        num_hidden_layers=args.tiny.num_hidden_layers,
+        num_attention_heads=args.tiny.num_attention_heads,
+        intermediate_size=args.tiny.intermediate_size,
+        max_position_embeddings=max(512, args.max_length),
+        num_labels=schema.num_labels,
+        id2label=schema.id2label,
+        label2id=schema.label2id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return BertForSequenceClassification(config)
+
+
+def is_tiny(args: ModelArgs) -> bool:
+    return args.name_or_path == TINY_MODEL

@@ -1,0 +1,304 @@
+"""`train(cfg)`: fine-tune, pick the best epoch on dev, tune topic thresholds, score dev and test, export.
+
+Run folder layout (`<train.output_root>/<train.run_name>/`):
+    config.yaml      resolved config          command.txt   the command line that started the run
+    checkpoints/     Trainer checkpoints      logs/         TensorBoard
+    model/           the exported checkpoint (plain transformers; config.json carries labels and thresholds)
+    metrics.json     dev and test scores with 95% intervals, and the baseline; written last, so its presence
+                     marks a finished run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import PartialState
+from transformers import (
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    EvalPrediction,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from coopstance.config import RunConfig
+from coopstance.data import (
+    Record,
+    label_matrix,
+    load_records,
+    load_splits,
+    model_inputs,
+    split_records,
+)
+from coopstance.labels import LabelSchema, load_schema
+from coopstance.metrics import evaluate_predictions, headline_scores, sigmoid, tune_thresholds
+from coopstance.model import build_tiny_model, is_tiny, load_pretrained, loss_weights, multitask_loss, train_tiny_tokenizer
+from coopstance.utils import atomic_write_json, atomic_write_text
+
+FINISHED_MARKER = "metrics.json"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder holds a finished run, or a different config than the one being resumed."""
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Tokenized sentences with packed labels `[multi-hot topics | stance index]`."""
+
+    def __init__(self, records: list[Record], tokenizer: PreTrainedTokenizerBase, schema: LabelSchema, cfg: RunConfig) -> None:
+        texts, pairs = model_inputs(records, cfg.data.context_sentences)
+        second = pairs if cfg.data.context_sentences > 0 else None
+        self.encodings = tokenizer(texts, second, truncation=True, max_length=cfg.model.max_length)
+        topics, stances = label_matrix(records, schema)
+        self.labels = [row + [float(s)] for row, s in zip(topics, stances)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**{k: v[i] for k, v in self.encodings.items()}, "labels": self.labels[i]}
+
+
+class MultiTaskTrainer(Trainer):
+    # Our loss is a per-batch mean, so Trainer must still divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, loss_fn_kwargs: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn_kwargs = loss_fn_kwargs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = multitask_loss(outputs.logits, labels, **self.loss_fn_kwargs)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _config_for_compare(cfg: RunConfig) -> dict[str, Any]:
+    values = dataclasses.asdict(cfg)
+    values["train"].pop("overwrite")
+    return values
+
+
+def prepare_run_dir(cfg: RunConfig, state: PartialState) -> str | None:
+    """Refuse to clobber a finished run; return the checkpoint to resume from for a killed one."""
+    run_dir = cfg.run_dir
+    if (run_dir / FINISHED_MARKER).exists():
+        if not cfg.train.overwrite:
+            raise RunFolderError(
+                f"{run_dir} already holds a finished run ({FINISHED_MARKER} exists). Choose another name "
+                f"(train.run_name=...) or replace it with train.overwrite=true."
+            )
+        if state.is_main_process:
+            shutil.rmtree(run_dir)
+        state.wait_for_everyone()
+        return None
+    last = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    saved = run_dir / "config.yaml"
+    if last and saved.is_file():
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        previous.get("train", {}).pop("overwrite", None)
+        if previous != _config_for_compare(cfg):
+            changed = [
+                f"{section}.{key}" for section, values in _config_for_compare(cfg).items()
+                for key, value in values.items() if previous.get(section, {}).get(key) != value
+            ]
+            raise RunFolderError(
+                f"{run_dir} holds an unfinished run with a different config (changed: {', '.join(changed)}). "
+                "Resume it with the same config, or start a new run with train.run_name=..."
+            )
+    return last
+
+
+def resolve_precision(precision: str) -> tuple[bool, bool]:
+    """(bf16, fp16) flags for TrainingArguments."""
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
+        return False, False
+    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        print(f"[coopstance] train.precision={precision} needs a GPU; training in fp32 on CPU", file=sys.stderr)
+        return False, False
+    return precision == "bf16", precision == "fp16"
+
+
+def _tokenizer_and_model(cfg: RunConfig, schema: LabelSchema, train_records: list[Record], state: PartialState):  # noqa: ANN202
+    if not is_tiny(cfg.model):
+        return load_pretrained(cfg.model, schema)
+    tokenizer_dir = cfg.run_dir / "tokenizer"
+    with state.main_process_first():  # rank 0 trains and saves it; the others load the same files
+        if (tokenizer_dir / "tokenizer.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        else:
+            tokenizer = train_tiny_tokenizer([r.text for r in train_records], cfg.model.tiny.vocab_size)
+            if state.is_main_process:
+                tokenizer.save_pretrained(tokenizer_dir)
+    return build_tiny_model(cfg.model, schema, tokenizer), tokenizer
+
+
+def _predict(trainer: Trainer, dataset: EncodedDataset, num_topics: int) -> tuple[np.ndarray, np.ndarray]:
+    logits = trainer.predict(dataset).predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return sigmoid(logits[:, :num_topics]), logits[:, num_topics:]
+
+
+def _report(topic_probs: np.ndarray, stance_logits: np.ndarray, records: list[Record], thresholds: np.ndarray,
+            schema: LabelSchema, cfg: RunConfig) -> dict[str, Any]:
+    topics, stances = label_matrix(records, schema)
+    return evaluate_predictions(
+        np.asarray(topics, dtype=bool), topic_probs >= thresholds, np.asarray(stances), stance_logits.argmax(1),
+        [r.article_id for r in records], schema, cfg.train.bootstrap_samples, cfg.train.seed,
+    )
+
+
+def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: RunConfig) -> dict[str, Any]:
+    from coopstance.baseline import TfidfBaseline
+
+    baseline = TfidfBaseline(schema, cfg.train.seed).fit(splits["train"], splits["dev"])
+    topic_pred, stance_pred = baseline.predict(splits["test"])
+    topics, stances = label_matrix(splits["test"], schema)
+    return evaluate_predictions(
+        np.asarray(topics, dtype=bool), topic_pred, np.asarray(stances), stance_pred,
+        [r.article_id for r in splits["test"]], schema, cfg.train.bootstrap_samples, cfg.train.seed,
+    )
+
+
+def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, thresholds: np.ndarray, schema: LabelSchema,
+                 cfg: RunConfig) -> Path:
+    """Write `<run>/model/` via a temporary folder and a rename, so a crash never leaves half a checkpoint."""
+    final, tmp = cfg.run_dir / "model", cfg.run_dir / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.topic_thresholds = {t: float(v) for t, v in zip(schema.topics, thresholds)}
+    model.config.context_sentences = cfg.data.context_sentences
+    model.config.max_seq_length = cfg.model.max_length  # not "max_length": transformers reserves it for generation
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, evaluate and export one run; returns the contents of metrics.json."""
+    started = time.time()
+    state = PartialState()
+    schema = load_schema(cfg.data.labels_file)
+    records = load_records(cfg.data.sources, schema)
+    splits, unlisted = split_records(records, load_splits(cfg.data.splits_file))
+    for name, part in splits.items():
+        if not part:
+            raise RuntimeError(f"the {name} split is empty; check {cfg.data.splits_file} and data.sources")
+    if unlisted and state.is_main_process:
+        print(f"[coopstance] {len(unlisted)} article(s) not in {cfg.data.splits_file} were split by hash of their id")
+
+    resume_from = prepare_run_dir(cfg, state)
+    run_dir = cfg.run_dir
+    if state.is_main_process:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        command = shlex.join(argv if argv is not None else sys.argv)
+        atomic_write_text(run_dir / "command.txt", command + "\n")
+        if resume_from:
+            print(f"[coopstance] resuming the unfinished run in {run_dir} from {resume_from}")
+    state.wait_for_everyone()
+
+    set_seed(cfg.train.seed)
+    model, tokenizer = _tokenizer_and_model(cfg, schema, splits["train"], state)
+    datasets = {name: EncodedDataset(part, tokenizer, schema, cfg) for name, part in splits.items()}
+    topic_rows, stance_ids = label_matrix(splits["train"], schema)
+    pos_weight, class_weight = loss_weights(topic_rows, stance_ids, schema, cfg.loss)
+
+    bf16, fp16 = resolve_precision(cfg.train.precision)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "logs")
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        learning_rate=cfg.train.learning_rate,
+        per_device_train_batch_size=cfg.train.batch_size,
+        per_device_eval_batch_size=cfg.train.eval_batch_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        weight_decay=cfg.train.weight_decay,
+        bf16=bf16,
+        fp16=fp16,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=cfg.train.logging_steps,
+        save_total_limit=cfg.train.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="selection_score",
+        greater_is_better=True,
+        seed=cfg.train.seed,
+        dataloader_num_workers=cfg.train.dataloader_num_workers,
+        report_to=["tensorboard"],
+        disable_tqdm=not cfg.train.progress_bar,
+        ddp_find_unused_parameters=False,
+    )
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        labels = prediction.label_ids
+        return headline_scores(
+            labels[:, :schema.num_topics] > 0.5, logits[:, :schema.num_topics] > 0,
+            labels[:, schema.num_topics].astype(int), logits[:, schema.num_topics:].argmax(1), schema.num_stances,
+        )
+
+    callbacks = [EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["dev"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        loss_fn_kwargs={
+            "num_topics": schema.num_topics, "topic_pos_weight": pos_weight, "stance_class_weight": class_weight,
+            "topic_weight": cfg.loss.topic_weight, "stance_weight": cfg.loss.stance_weight,
+        },
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+
+    dev_probs, dev_stance = _predict(trainer, datasets["dev"], schema.num_topics)
+    test_probs, test_stance = _predict(trainer, datasets["test"], schema.num_topics)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return {}
+    thresholds = tune_thresholds(dev_probs, np.asarray(label_matrix(splits["dev"], schema)[0]))
+    metrics: dict[str, Any] = {
+        "run": cfg.train.run_name,
+        "model": cfg.model.name_or_path,
+        "note": "dev scores use thresholds tuned on dev (optimistic); test is the held-out estimate",
+        "thresholds": {t: float(v) for t, v in zip(schema.topics, thresholds)},
+        "dev": _report(dev_probs, dev_stance, splits["dev"], thresholds, schema, cfg),
+        "test": _report(test_probs, test_stance, splits["test"], thresholds, schema, cfg),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_steps": int(train_output.global_step),
+        "train_loss": float(train_output.training_loss),
+        "runtime_s": round(time.time() - started, 1),
+    }
+    if cfg.train.baseline:
+        metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression", "test": baseline_report(splits, schema, cfg)}
+    export_model(trainer, tokenizer, thresholds, schema, cfg)
+    atomic_write_json(run_dir / FINISHED_MARKER, metrics)
+    state.wait_for_everyone()
+    return metrics
