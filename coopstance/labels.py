@@ -48,7 +48,8 @@ class LabelSchema:
     @classmethod
     def from_id2label(cls, id2label: dict[int, str]) -> LabelSchema:
         """Rebuild the schema from an exported model's `config.json`, so inference needs no YAML file."""
-        names = [id2label[i] for i in sorted(int(k) for k in id2label)]
+        by_index = {int(k): v for k, v in id2label.items()}  # config.json stores the keys as strings
+        names = [by_index[i] for i in sorted(by_index)]
         topics = tuple(n[len(TOPIC_PREFIX):] for n in names if n.startswith(TOPIC_PREFIX))
         stances = tuple(n[len(STANCE_PREFIX):] for n in names if n.startswith(STANCE_PREFIX))
         if len(topics) + len(stances) != len(names) or not stances:

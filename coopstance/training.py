@@ -46,7 +46,15 @@ from coopstance.data import (
 )
 from coopstance.labels import LabelSchema, load_schema
 from coopstance.metrics import evaluate_predictions, headline_scores, sigmoid, tune_thresholds
-from coopstance.model import build_tiny_model, is_tiny, load_pretrained, loss_weights, multitask_loss, train_tiny_tokenizer
+from coopstance.model import (
+    build_tiny_model,
+    ensure_model_available,
+    is_tiny,
+    load_pretrained,
+    loss_weights,
+    multitask_loss,
+    train_tiny_tokenizer,
+)
 from coopstance.utils import atomic_write_json, atomic_write_text
 
 FINISHED_MARKER = "metrics.json"
@@ -98,7 +106,9 @@ def _config_for_compare(cfg: RunConfig) -> dict[str, Any]:
 def prepare_run_dir(cfg: RunConfig, state: PartialState) -> str | None:
     """Refuse to clobber a finished run; return the checkpoint to resume from for a killed one."""
     run_dir = cfg.run_dir
-    if (run_dir / FINISHED_MARKER).exists():
+    finished = (run_dir / FINISHED_MARKER).exists()
+    state.wait_for_everyone()  # every rank looks before rank 0 deletes anything
+    if finished:
         if not cfg.train.overwrite:
             raise RunFolderError(
                 f"{run_dir} already holds a finished run ({FINISHED_MARKER} exists). Choose another name "
@@ -198,7 +208,10 @@ def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, threshold
 def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and export one run; returns the contents of metrics.json."""
     started = time.time()
-    state = PartialState()
+    use_cpu = not torch.cuda.is_available()
+    state = PartialState(cpu=use_cpu)  # cpu=True lets torchrun on a CPU box form a gloo process group
+    if not is_tiny(cfg.model):
+        ensure_model_available(cfg.model.name_or_path)  # fail in seconds, before any data work or folder is made
     schema = load_schema(cfg.data.labels_file)
     records = load_records(cfg.data.sources, schema)
     splits, unlisted = split_records(records, load_splits(cfg.data.splits_file))
@@ -251,6 +264,7 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         report_to=["tensorboard"],
         disable_tqdm=not cfg.train.progress_bar,
         ddp_find_unused_parameters=False,
+        use_cpu=use_cpu,
     )
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:

@@ -31,6 +31,12 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError, ModelUnavailableError, RunFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        # A clean shutdown of the process group: without it one gloo rank can abort while the other exits.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if metrics:  # empty on non-zero ranks
         test = metrics["test"]
         summary = {k: test[k] for k in ("topic_macro_f1", "stance_macro_f1", "selection_score")}

@@ -1,0 +1,87 @@
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from coopstance.config import LossArgs, ModelArgs
+from coopstance.model import ModelUnavailableError, ensure_model_available, loss_weights, multitask_loss
+
+
+def test_loss_equals_hand_computed_value():
+    # 2 topics + 3 stances; one example per row
+    logits = torch.tensor([[2.0, -1.0, 1.0, 0.0, -1.0], [0.0, 0.5, 0.0, 2.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])  # topics..., stance index
+
+    def bce(x, y):
+        return -(y * math.log(1 / (1 + math.exp(-x))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-x))))
+
+    topic = (bce(2.0, 1) + bce(-1.0, 0) + bce(0.0, 0) + bce(0.5, 1)) / 4
+    ce0 = -math.log(math.exp(1.0) / (math.exp(1.0) + math.exp(0.0) + math.exp(-1.0)))
+    ce1 = -math.log(math.exp(2.0) / (math.exp(0.0) + math.exp(2.0) + math.exp(0.0)))
+    stance = (ce0 + ce1) / 2
+    loss = multitask_loss(logits, labels, num_topics=2, topic_weight=0.7, stance_weight=1.3)
+    assert loss.item() == pytest.approx(0.7 * topic + 1.3 * stance, rel=1e-6)
+
+
+def test_weighted_loss_matches_hand_computation():
+    logits = torch.tensor([[0.0, 1.0, 0.0]])  # 1 topic, 2 stances
+    labels = torch.tensor([[1.0, 1.0]])
+    pos_weight, class_weight = torch.tensor([3.0]), torch.tensor([1.0, 2.0])
+    topic = 3.0 * -math.log(0.5)
+    stance = -math.log(math.exp(0.0) / (math.exp(1.0) + math.exp(0.0)))  # weighted mean of one item = plain CE
+    loss = multitask_loss(logits, labels, 1, pos_weight, class_weight)
+    assert loss.item() == pytest.approx(topic + stance, rel=1e-6)
+
+
+def test_loss_weights_from_frequencies(schema):
+    rows = [[1.0] + [0.0] * 9, [0.0] * 10, [0.0] * 10, [0.0] * 10]
+    pos, cls = loss_weights(rows, [0, 0, 0, 1], schema, LossArgs(max_weight=5.0))
+    assert pos[0].item() == pytest.approx(3.0)  # 3 negatives / 1 positive
+    assert pos[1].item() == pytest.approx(4.0)  # no positive: counted as one
+    assert torch.allclose(cls, torch.tensor([4 / (4 * 3), 1.0, 1.0, 1.0]))  # n / (classes * count)
+    capped, _ = loss_weights([[1.0] + [0.0] * 9] + [[0.0] * 10] * 19, [0] * 20, schema, LossArgs(max_weight=5.0))
+    assert capped[0].item() == 5.0
+    assert loss_weights(rows, [0, 0, 0, 1], schema, LossArgs(topic_pos_weight=False, stance_class_weights=False)) == (None, None)
+
+
+def test_head_size_matches_schema(schema):
+    from coopstance.model import build_tiny_model, train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(["Chips und Batterien.", "芯片出口管制。"] * 20, vocab_size=300)
+    model = build_tiny_model(ModelArgs(name_or_path="tiny"), schema, tokenizer)
+    assert model.config.num_labels == schema.num_labels
+    assert model.config.id2label == schema.id2label
+    out = model(**tokenizer(["Chips."], return_tensors="pt"))
+    assert out.logits.shape == (1, schema.num_labels)
+
+
+def test_offline_hub_name_fails_fast_with_the_ways_out(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    start = time.time()
+    with pytest.raises(ModelUnavailableError) as err:
+        ensure_model_available("bert-base-multilingual-cased")
+    message = str(err.value)
+    assert time.time() - start < 5
+    assert "bert-base-multilingual-cased" in message and "configs/tiny.yaml" in message and "model.name_or_path=" in message
+
+
+def test_unreachable_hub_fails_fast(tmp_path):
+    """Without HF_HUB_OFFLINE: the network probe must give up within seconds (closed port here)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    code = "from coopstance.model import ensure_model_available as e\ntry:\n e('xlm-roberta-base')\nexcept Exception as x:\n print(x)"
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert time.time() - start < 15
+    assert "Cannot load model 'xlm-roberta-base'" in out.stdout and "unreachable" in out.stdout
+
+
+def test_local_folder_without_config(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="has no config.json"):
+        ensure_model_available(str(tmp_path))
+    with pytest.raises(ModelUnavailableError, match="no such local folder"):
+        ensure_model_available("./no/such/model")

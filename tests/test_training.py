@@ -1,0 +1,131 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, tiny_config
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from coopstance.training import MultiTaskTrainer, RunFolderError, train
+
+SMALL_SOURCES = "data.sources=[data/corpus/en.jsonl,data/corpus/de.jsonl,seeds]"
+
+
+def test_run_folder_has_every_output(trained_run):
+    cfg, metrics = trained_run
+    run = cfg.run_dir
+    for name in ("config.yaml", "command.txt", "metrics.json", "model/config.json", "model/model.safetensors",
+                 "model/tokenizer.json", "model/training_config.yaml", "logs"):
+        assert (run / name).exists(), name
+    assert not (run / ".model.tmp").exists()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for split in ("dev", "test"):
+        assert 0 <= saved[split]["topic_macro_f1"] <= 1 and saved[split]["ci95"]["stance_macro_f1"] is not None
+    assert saved["baseline"]["test"]["n_sentences"] == saved["test"]["n_sentences"]
+    assert set(saved["thresholds"]) == set(saved["test"]["topics"])
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "logs").rglob("*"))
+
+
+def test_export_loads_with_plain_transformers_and_gives_the_checkpoint_logits(trained_run, schema):
+    cfg, metrics = trained_run
+    model_dir = cfg.run_dir / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["id2label"]["0"] == f"topic/{schema.topics[0]}" and len(config["id2label"]) == schema.num_labels
+    assert set(config["topic_thresholds"]) == set(schema.topics) and config["context_sentences"] == 1
+    best = AutoModelForSequenceClassification.from_pretrained(metrics["best_checkpoint"]).eval()
+    batch = tokenizer(["Die Zölle auf Elektroautos steigen.", "芯片出口管制收紧。"], ["[...]", "[...]"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(model(**batch).logits, best(**batch).logits, atol=1e-6)
+
+
+def test_reloaded_export_reproduces_the_reported_test_scores(trained_run):
+    from coopstance.evaluation import evaluate_model
+
+    cfg, metrics = trained_run
+    result = evaluate_model(cfg.run_dir / "model", "test", bootstrap_samples=0, baseline=False)
+    scores = result["model_scores"]
+    assert scores["n_sentences"] == metrics["test"]["n_sentences"]
+    assert scores["topic_macro_f1"] == pytest.approx(metrics["test"]["topic_macro_f1"], abs=2e-3)
+    assert scores["stance_macro_f1"] == pytest.approx(metrics["test"]["stance_macro_f1"], abs=2e-3)
+
+
+def test_finished_run_is_not_overwritten(trained_run):
+    cfg, _ = trained_run
+    with pytest.raises(RunFolderError, match="already holds a finished run.*train.overwrite=true"):
+        train(cfg)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(tmp_path, "train.run_name=killed", SMALL_SOURCES)
+    original_step = MultiTaskTrainer.training_step
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > self.state.max_steps // 2 + 3:  # past the first epoch's checkpoint
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTaskTrainer, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert not (cfg.run_dir / "metrics.json").exists() and not (cfg.run_dir / "model").exists()
+    checkpoints = sorted((cfg.run_dir / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1
+    first_epoch_steps = int(checkpoints[0].name.split("-")[1])
+
+    changed = tiny_config(tmp_path, "train.run_name=killed", SMALL_SOURCES, "train.learning_rate=0.5")
+    with pytest.raises(RunFolderError, match="train.learning_rate"):
+        train(changed)
+
+    monkeypatch.setattr(MultiTaskTrainer, "training_step", original_step)
+    calls["n"] = 0
+    counted = {"n": 0}
+
+    def counting_step(self, *args, **kwargs):
+        counted["n"] += 1
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTaskTrainer, "training_step", counting_step)
+    metrics = train(cfg)
+    assert "resuming the unfinished run" in capsys.readouterr().out
+    assert metrics["train_steps"] == 2 * first_epoch_steps
+    assert counted["n"] == first_epoch_steps  # only the second epoch was trained again
+    assert (cfg.run_dir / "model" / "config.json").exists()
+
+
+def test_empty_split_and_bad_data_stop_the_run(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"article_id": "x", "sentence_id": 0, "lang": "en", "text": "", "topics": [], "stance": "none"}\n')
+    from coopstance.data import DataError
+
+    with pytest.raises(DataError, match="bad.jsonl:1: empty text"):
+        train(tiny_config(tmp_path, f"data.sources=[{bad}]"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+def test_two_process_ddp_writes_once(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train" / "train.py"),
+        "--config", str(REPO / "configs" / "tiny.yaml"), f"train.output_root={tmp_path}", "train.run_name=ddp",
+        "train.max_steps=6", "train.bootstrap_samples=10", "train.baseline=false", "model.tiny.vocab_size=800",
+        "data.sources=[data/corpus/en.jsonl,seeds]",
+    ]
+    out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    (tmp_path / "stderr.txt").write_text(out.stderr)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("[coopstance] run folder:") == 1  # only rank 0 reports and writes
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["train_steps"] == 6
+    assert np.isfinite(metrics["train_loss"])
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if not p.name.startswith(".")) == [
+        "checkpoints", "command.txt", "config.yaml", "logs", "metrics.json", "model", "tokenizer"]
+    assert not list(Path(tmp_path / "ddp").glob(".*tmp*"))
