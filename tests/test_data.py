@@ -90,7 +90,7 @@ def test_csv_and_parquet_sources(tmp_path, schema):
         load_records([str(bad)], schema)
 
 
-def test_missing_source_and_hub_without_network(tmp_path, schema):
+def test_missing_source_names_the_path(tmp_path, schema):
     with pytest.raises(DataError, match="no such file or folder"):
         load_records([str(tmp_path / "nope.jsonl")], schema)
 
@@ -167,3 +167,15 @@ def test_label_matrix_follows_schema_order(tmp_path, schema):
     records = load_records([str(write_jsonl(tmp_path / "c.jsonl", rows))], schema)
     topics, stances = label_matrix(records, schema)
     assert topics == [[1.0, 0, 0, 1.0, 0, 0, 0, 0, 0, 0]] and stances == [2]
+
+
+def test_hub_source_goes_through_datasets(tmp_path, schema):
+    """`hub:<name>` is handed to datasets.load_dataset; a local folder exercises the same path without network."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [record("h-1", 0, topics=["cybersecurity"]), record("h-1", 1)])
+    records = load_records([f"hub:{folder}"], schema)
+    assert [(r.article_id, r.sentence_id, r.topics) for r in records] == [("h-1", 0, ["cybersecurity"]), ("h-1", 1, [])]
+    assert records[0].where == f"hub:{folder}:row 1"
+    with pytest.raises(DataError, match="could not load the dataset"):
+        load_records([f"hub:{tmp_path / 'nothing-here'}"], schema)
