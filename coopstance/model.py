@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -129,13 +130,46 @@ def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedMod
 # The tiny offline model: random-init BERT plus a WordPiece tokenizer trained on the training texts.
 
 
+TINY_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
 def train_tiny_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerBase:
-    from tokenizers import BertWordPieceTokenizer
+    """A WordPiece tokenizer whose vocabulary is counted from `texts`, deterministically.
+
+    `tokenizers`' own WordPiece trainer breaks frequency ties in hash-map order, so two runs on the same texts give
+    different vocabularies (and different models). Here the vocabulary is: the most frequent characters (word-initial
+    and `##` continuation, up to half the budget), then the most frequent whole words; ties broken by the string.
+    Words made only of known characters fall back to characters, as in any WordPiece model.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    wordpiece = BertWordPieceTokenizer(lowercase=False, strip_accents=False, handle_chinese_chars=True)
-    wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
-    return BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, do_lower_case=False)
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters: Counter[str] = Counter()
+    for word, count in words.items():
+        characters[word[0]] += count
+        for ch in word[1:]:
+            characters["##" + ch] += count
+    budget = vocab_size - len(TINY_SPECIAL_TOKENS)
+    by_frequency = lambda counts: [k for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]  # noqa: E731
+    pieces = by_frequency(characters)[: budget // 2]
+    known = set(pieces)
+    whole_words = [w for w in by_frequency(words) if len(w) > 1 and words[w] >= 2 and w not in known]
+    vocab = TINY_SPECIAL_TOKENS + pieces + whole_words[: budget - len(pieces)]
+    ids = {token: i for i, token in enumerate(vocab)}
+    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
+    )
+    tokenizer.decoder = decoders.WordPiece()
+    return BertTokenizerFast(
+        tokenizer_object=tokenizer, do_lower_case=False, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]",
+    )
 
 
 def build_tiny_model(args: ModelArgs, schema: LabelSchema, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:

@@ -85,3 +85,13 @@ def test_local_folder_without_config(tmp_path):
         ensure_model_available(str(tmp_path))
     with pytest.raises(ModelUnavailableError, match="no such local folder"):
         ensure_model_available("./no/such/model")
+
+
+def test_tiny_tokenizer_is_deterministic_and_covers_the_text():
+    from coopstance.model import train_tiny_tokenizer
+
+    texts = ["Exportkontrollen für Chips und Batterien.", "芯片出口管制收紧。", "배터리 공급망 다변화", "Gallium and germanium."] * 5
+    first, second = train_tiny_tokenizer(texts, 300), train_tiny_tokenizer(list(texts), 300)
+    assert first.get_vocab() == second.get_vocab()
+    tokens = first.convert_ids_to_tokens(first("Batterien und Chips.")["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "[UNK]" not in tokens

@@ -129,3 +129,9 @@ def test_two_process_ddp_writes_once(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if not p.name.startswith(".")) == [
         "checkpoints", "command.txt", "config.yaml", "logs", "metrics.json", "model", "tokenizer"]
     assert not list(Path(tmp_path / "ddp").glob(".*tmp*"))
+
+
+def test_same_seed_same_run(tmp_path):
+    runs = [train(tiny_config(tmp_path, f"train.run_name=seed{i}", SMALL_SOURCES, "train.epochs=1")) for i in range(2)]
+    assert runs[0]["train_loss"] == runs[1]["train_loss"]
+    assert runs[0]["test"] == runs[1]["test"]
