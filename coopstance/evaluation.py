@@ -12,7 +12,7 @@ from coopstance.config import DataArgs
 from coopstance.data import Record, group_articles, label_matrix, load_records, load_splits, split_records
 from coopstance.inference import Tagger
 from coopstance.labels import load_schema
-from coopstance.metrics import evaluate_predictions, sigmoid
+from coopstance.metrics import evaluate_predictions, headline_scores, sigmoid
 
 
 def data_args_for(model_dir: Path) -> DataArgs:
@@ -36,6 +36,41 @@ def predict_records(tagger: Tagger, records: list[Record]) -> tuple[np.ndarray, 
         topic_probs[rows] = sigmoid(logits[:, :num_topics])
         stance[rows] = logits[:, num_topics:].argmax(1)
     return topic_probs, stance
+
+
+def slice_scores(
+    records: list[Record], topic_true: np.ndarray, topic_pred: np.ndarray, stance_true: np.ndarray, stance_pred: np.ndarray,
+    num_stances: int,
+) -> dict[str, dict[str, float]]:
+    """Scores per language, and on the hard cases: how often a topic is predicted where gold has none of it
+    (topic words in another sense), and stance accuracy (off-topic China, implicit references)."""
+    from coopstance.corpus import HARD_CASE_KINDS
+
+    slices: dict[str, dict[str, float]] = {}
+    for lang in sorted({r.lang for r in records}):
+        idx = np.array([i for i, r in enumerate(records) if r.lang == lang])
+        scores = headline_scores(topic_true[idx], topic_pred[idx], stance_true[idx], stance_pred[idx], num_stances)
+        slices[f"lang/{lang}"] = {"n": len(idx), **{k: round(scores[k], 4) for k in ("topic_macro_f1", "stance_macro_f1")}}
+    for kind in HARD_CASE_KINDS:
+        idx = np.array([i for i, r in enumerate(records) if r.extra.get("hard_case") == kind])
+        if len(idx):
+            spurious = (topic_pred[idx] & ~topic_true[idx]).any(axis=1).mean()
+            slices[f"hard_case/{kind}"] = {
+                "n": len(idx),
+                "spurious_topic_rate": round(float(spurious), 4),
+                "stance_accuracy": round(float((stance_true[idx] == stance_pred[idx]).mean()), 4),
+            }
+    return slices
+
+
+def format_slices(model: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]] | None) -> str:
+    lines = [f"{'slice':<28}{'n':>6}  {'metric':<22}{'model':>8}" + (f"{'baseline':>10}" if baseline else "")]
+    for name, values in model.items():
+        for metric, value in values.items():
+            if metric != "n":
+                base = f"{baseline[name][metric]:>10.3f}" if baseline else ""
+                lines.append(f"{name:<28}{values['n']:>6}  {metric:<22}{value:>8.3f}{base}")
+    return "\n".join(lines)
 
 
 def evaluate_model(
@@ -68,22 +103,21 @@ def evaluate_model(
         raise ValueError(f"the {split} split has no records in {sources or data.sources}")
     topic_probs, stance_pred = predict_records(tagger, target)
     topics, stances = label_matrix(target, schema)
+    topic_true, stance_true = np.asarray(topics, dtype=bool), np.asarray(stances)
+    topic_pred = topic_probs >= tagger.thresholds
     article_ids = [r.article_id for r in target]
     result: dict[str, Any] = {
         "model": str(model_dir),
         "split": split,
         "thresholds": dict(zip(schema.topics, tagger.thresholds.tolist())),
-        "model_scores": evaluate_predictions(
-            np.asarray(topics, dtype=bool), topic_probs >= tagger.thresholds, np.asarray(stances), stance_pred,
-            article_ids, schema, bootstrap_samples,
-        ),
+        "model_scores": evaluate_predictions(topic_true, topic_pred, stance_true, stance_pred, article_ids, schema, bootstrap_samples),
+        "model_slices": slice_scores(target, topic_true, topic_pred, stance_true, stance_pred, schema.num_stances),
     }
     if baseline and splits["train"] and splits["dev"]:
         from coopstance.baseline import TfidfBaseline
 
         base_topics, base_stance = TfidfBaseline(schema).fit(splits["train"], splits["dev"]).predict(target)
         result["baseline_name"] = "char 2-4-gram TF-IDF + logistic regression (trained on train, thresholds on dev)"
-        result["baseline_scores"] = evaluate_predictions(
-            np.asarray(topics, dtype=bool), base_topics, np.asarray(stances), base_stance, article_ids, schema, bootstrap_samples,
-        )
+        result["baseline_scores"] = evaluate_predictions(topic_true, base_topics, stance_true, base_stance, article_ids, schema, bootstrap_samples)
+        result["baseline_slices"] = slice_scores(target, topic_true, base_topics, stance_true, base_stance, schema.num_stances)
     return result

@@ -28,6 +28,7 @@ from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     EvalPrediction,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
     TrainingArguments,
@@ -147,7 +148,9 @@ def resolve_precision(precision: str) -> tuple[bool, bool]:
     return precision == "bf16", precision == "fp16"
 
 
-def _tokenizer_and_model(cfg: RunConfig, schema: LabelSchema, train_records: list[Record], state: PartialState):  # noqa: ANN202
+def _tokenizer_and_model(
+    cfg: RunConfig, schema: LabelSchema, train_records: list[Record], state: PartialState
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if not is_tiny(cfg.model):
         return load_pretrained(cfg.model, schema)
     tokenizer_dir = cfg.run_dir / "tokenizer"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from coopstance.data import DataError
-from coopstance.evaluation import evaluate_model
+from coopstance.evaluation import evaluate_model, format_slices
 from coopstance.metrics import format_report
 from coopstance.utils import atomic_write_json
 
@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(f"{args.model} on {args.split}", result["model_scores"], result.get("baseline_scores")))
+    print("\nBy language, and on the hard cases (spurious_topic_rate: share of sentences given a topic gold does not have)")
+    print(format_slices(result["model_slices"], result.get("baseline_slices")))
     output = Path(args.output) if args.output else Path(args.model).resolve().parent / f"eval_{args.split}.json"
     atomic_write_json(output, result)
     print(f"\nreport written to {output}")

@@ -55,6 +55,7 @@ def test_predict_and_evaluate_on_a_trained_model(trained_run, tmp_path):
     out = run(["eval/evaluate.py", model, "--bootstrap", "20", "--output", str(tmp_path / "eval.json")])
     assert out.returncode == 0, out.stderr
     assert "topic/semiconductors" in out.stdout and "baseline F1" in out.stdout and (tmp_path / "eval.json").is_file()
+    assert "lang/de" in out.stdout and "hard_case/other_sense" in out.stdout and "spurious_topic_rate" in out.stdout
 
 
 def test_make_help_lists_the_targets():

@@ -22,7 +22,10 @@ def test_seed_article_splits_into_its_gold_sentences():
 
 
 def test_tagger_tags_an_article(trained_run, schema):
+    import coopstance
+
     cfg, _ = trained_run
+    assert coopstance.Tagger is Tagger  # the README's `from coopstance import Tagger`
     tagger = Tagger(cfg.run_dir / "model", device="cpu")
     assert tagger.context_sentences == 1 and tagger.schema.topics == schema.topics
     tags = tagger.tag_article("Washington verschärft die Exportkontrollen für Chips. Peking reagiert mit Zöllen.\nDas Wetter war gut.")

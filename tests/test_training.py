@@ -135,3 +135,27 @@ def test_same_seed_same_run(tmp_path):
     runs = [train(tiny_config(tmp_path, f"train.run_name=seed{i}", SMALL_SOURCES, "train.epochs=1")) for i in range(2)]
     assert runs[0]["train_loss"] == runs[1]["train_loss"]
     assert runs[0]["test"] == runs[1]["test"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_any_encoder_from_a_local_folder(tmp_path, arch):
+    """The path mbert.yaml and xlmr.yaml take (AutoTokenizer + AutoModelForSequenceClassification with a new head),
+    exercised offline with small random encoders saved the way a downloaded hub checkpoint is: no classifier head."""
+    from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
+
+    from coopstance.model import train_tiny_tokenizer
+
+    texts = [line for line in (REPO / "data" / "corpus" / "en.jsonl").read_text(encoding="utf-8").splitlines()]
+    tokenizer = train_tiny_tokenizer(texts, 600)
+    sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "pad_token_id": tokenizer.pad_token_id}
+    encoder = BertModel(BertConfig(**sizes)) if arch == "bert" else XLMRobertaModel(
+        XLMRobertaConfig(type_vocab_size=2, max_position_embeddings=520, **sizes))
+    folder = tmp_path / f"local-{arch}"
+    encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    cfg = tiny_config(tmp_path, f"model.name_or_path={folder}", "train.run_name=local", SMALL_SOURCES, "train.epochs=1")
+    metrics = train(cfg)
+    exported = AutoModelForSequenceClassification.from_pretrained(cfg.run_dir / "model")
+    assert exported.config.model_type == arch and exported.config.num_labels == 14
+    assert metrics["test"]["n_sentences"] > 0
