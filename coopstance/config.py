@@ -119,8 +119,8 @@ class TrainArgs:
     output_root: str = _help("Folder that holds one sub-folder per run.", "outputs")
     run_name: str = _help("Run folder name under output_root.", "run")
     overwrite: bool = _help(
-        "Replace a finished run folder of the same name. Without it a finished run is never overwritten, "
-        "and an unfinished one (killed run) is resumed from its last checkpoint.",
+        "Delete an existing run folder of the same name and start afresh. Without it a finished run is never "
+        "overwritten, and an unfinished one (a killed run) is resumed from its last checkpoint.",
         False,
     )
     seed: int = _help("Seed for model init, shuffling and dropout.", 42)

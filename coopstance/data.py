@@ -94,8 +94,10 @@ def parse_record(raw: Any, where: str, schema: LabelSchema) -> tuple[Record | No
     if not isinstance(text, str) or not text.strip():
         problems.append(f"{where}: empty text; remove the line or write the sentence")
     if isinstance(topics, str):  # CSV cells: "a;b" or a JSON list
-        topics = json.loads(topics) if topics.strip().startswith("[") else [t for t in re.split(r"[;|]", topics) if t.strip()]
-        topics = [t.strip() for t in topics]
+        try:
+            topics = json.loads(topics) if topics.strip().startswith("[") else [t.strip() for t in re.split(r"[;|]", topics) if t.strip()]
+        except json.JSONDecodeError:
+            topics = None  # reported below
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
         problems.append(f"{where}: topics must be a list of topic ids (use [] for none), got {topics!r}")
     else:

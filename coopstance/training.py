@@ -107,18 +107,19 @@ def _config_for_compare(cfg: RunConfig) -> dict[str, Any]:
 def prepare_run_dir(cfg: RunConfig, state: PartialState) -> str | None:
     """Refuse to clobber a finished run; return the checkpoint to resume from for a killed one."""
     run_dir = cfg.run_dir
-    finished = (run_dir / FINISHED_MARKER).exists()
+    exists, finished = run_dir.exists(), (run_dir / FINISHED_MARKER).exists()
     state.wait_for_everyone()  # every rank looks before rank 0 deletes anything
-    if finished:
-        if not cfg.train.overwrite:
-            raise RunFolderError(
-                f"{run_dir} already holds a finished run ({FINISHED_MARKER} exists). Choose another name "
-                f"(train.run_name=...) or replace it with train.overwrite=true."
-            )
+    if cfg.train.overwrite and exists:
         if state.is_main_process:
+            print(f"[coopstance] train.overwrite=true: removing {run_dir} and starting afresh")
             shutil.rmtree(run_dir)
         state.wait_for_everyone()
         return None
+    if finished:
+        raise RunFolderError(
+            f"{run_dir} already holds a finished run ({FINISHED_MARKER} exists). Choose another name "
+            f"(train.run_name=...) or replace it with train.overwrite=true."
+        )
     last = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
     saved = run_dir / "config.yaml"
     if last and saved.is_file():

@@ -85,9 +85,12 @@ def test_csv_and_parquet_sources(tmp_path, schema):
     assert by_id[("m-1", 0)].topics == ["batteries", "trade_measures"] and by_id[("m-1", 1)].topics == []
     assert by_id[("p-1", 0)].topics == ["ai_safety"]
     bad = tmp_path / "bad.csv"
-    bad.write_text("article_id,sentence_id,lang,text,topics,stance\nm-2,0,fr,Phrase.,battery,none\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad.csv:2: unknown topic 'battery'. Did you mean 'batteries'"):
+    bad.write_text('article_id,sentence_id,lang,text,topics,stance\nm-2,0,fr,Phrase.,battery,none\nm-2,1,fr,Deux.,"[""x""",none\n',
+                   encoding="utf-8")
+    with pytest.raises(DataError) as err:
         load_records([str(bad)], schema)
+    assert "bad.csv:2: unknown topic 'battery'. Did you mean 'batteries'" in str(err.value)
+    assert "bad.csv:3: topics must be a list of topic ids" in str(err.value)
 
 
 def test_missing_source_names_the_path(tmp_path, schema):

@@ -159,3 +159,20 @@ def test_any_encoder_from_a_local_folder(tmp_path, arch):
     exported = AutoModelForSequenceClassification.from_pretrained(cfg.run_dir / "model")
     assert exported.config.model_type == arch and exported.config.num_labels == 14
     assert metrics["test"]["n_sentences"] > 0
+
+
+def test_overwrite_starts_afresh_and_is_needed_for_a_finished_run(tmp_path):
+    from accelerate import PartialState
+
+    from coopstance.training import prepare_run_dir
+
+    state = PartialState(cpu=True)
+    cfg = tiny_config(tmp_path, "train.run_name=old")
+    (cfg.run_dir / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (cfg.run_dir / "metrics.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="finished run"):
+        prepare_run_dir(cfg, state)
+    assert (cfg.run_dir / "metrics.json").exists()
+    fresh = tiny_config(tmp_path, "train.run_name=old", "train.overwrite=true")
+    assert prepare_run_dir(fresh, state) is None
+    assert not cfg.run_dir.exists()
