@@ -49,8 +49,7 @@ class Targets:
     min_hard_cases: int = 100
 
 
-def _shingles(text: str, n: int = 5) -> set[str]:
-    key = normalize_text(text)
+def _shingles(key: str, n: int = 5) -> set[str]:
     return {key[i:i + n] for i in range(max(1, len(key) - n + 1))}
 
 
@@ -67,9 +66,9 @@ def duplicate_problems(records: list[Record]) -> list[str]:
         else:
             first[key] = r
     by_lang: dict[str, list[tuple[Record, set[str]]]] = defaultdict(list)
-    for r in first.values():
-        if len(normalize_text(r.text)) >= NEAR_DUPLICATE_MIN_CHARS:
-            by_lang[r.lang].append((r, _shingles(r.text)))
+    for key, r in first.items():
+        if len(key) >= NEAR_DUPLICATE_MIN_CHARS:
+            by_lang[r.lang].append((r, _shingles(key)))
     for items in by_lang.values():
         for i, (a, sa) in enumerate(items):
             for b, sb in items[i + 1:]:

@@ -57,8 +57,12 @@ def headline_scores(
     topic_true: np.ndarray, topic_pred: np.ndarray, stance_true: np.ndarray, stance_pred: np.ndarray, num_stances: int
 ) -> dict[str, float]:
     """The numbers used for model selection and in summaries."""
-    _, _, tf1 = topic_f1(topic_true, topic_pred)
-    _, _, sf1 = stance_f1(stance_true, stance_pred, num_stances)
+    return _headline(topic_true, topic_pred, stance_true, stance_pred, num_stances, topic_f1(topic_true, topic_pred)[2],
+                     stance_f1(stance_true, stance_pred, num_stances)[2])
+
+
+def _headline(topic_true: np.ndarray, topic_pred: np.ndarray, stance_true: np.ndarray, stance_pred: np.ndarray, num_stances: int,
+              tf1: np.ndarray, sf1: np.ndarray) -> dict[str, float]:
     topic_macro = _macro(tf1, topic_true.sum(0))
     stance_macro = _macro(sf1, np.bincount(stance_true, minlength=num_stances))
     tp = (topic_true.astype(bool) & topic_pred.astype(bool)).sum()
@@ -114,11 +118,11 @@ def evaluate_predictions(
     boot_head: dict[str, list[float]] = {k: [] for k in head}
     boot_topic, boot_stance = [], []
     for idx in bootstrap_indices(article_ids, bootstrap_samples, seed):
-        h = headline_scores(topic_true[idx], topic_pred[idx], stance_true[idx], stance_pred[idx], schema.num_stances)
-        for k, v in h.items():
+        sample = (topic_true[idx], topic_pred[idx], stance_true[idx], stance_pred[idx])
+        boot_topic.append(topic_f1(sample[0], sample[1])[2])
+        boot_stance.append(stance_f1(sample[2], sample[3], schema.num_stances)[2])
+        for k, v in _headline(*sample, schema.num_stances, boot_topic[-1], boot_stance[-1]).items():
             boot_head[k].append(v)
-        boot_topic.append(topic_f1(topic_true[idx], topic_pred[idx])[2])
-        boot_stance.append(stance_f1(stance_true[idx], stance_pred[idx], schema.num_stances)[2])
 
     def ci(values: Any) -> list[float] | None:
         if not bootstrap_samples:
