@@ -113,8 +113,9 @@ def ensure_model_available(name_or_path: str) -> None:
 
 
 def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Any encoder `AutoModelForSequenceClassification` supports, with a fresh coopstance head."""
-    ensure_model_available(args.name_or_path)
+    """Any encoder `AutoModelForSequenceClassification` supports, with a fresh coopstance head.
+
+    Call `ensure_model_available` first (as `train` does, before any data work) for a fast offline failure."""
     tokenizer = AutoTokenizer.from_pretrained(args.name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(
         args.name_or_path,

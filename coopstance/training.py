@@ -160,8 +160,12 @@ def _tokenizer_and_model(
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         else:
             tokenizer = train_tiny_tokenizer([r.text for r in train_records], cfg.model.tiny.vocab_size)
-            if state.is_main_process:
-                tokenizer.save_pretrained(tokenizer_dir)
+            if state.is_main_process:  # via a temporary folder, so a killed run never resumes from half a tokenizer
+                tmp = cfg.run_dir / ".tokenizer.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tokenizer.save_pretrained(tmp)
+                shutil.rmtree(tokenizer_dir, ignore_errors=True)
+                os.replace(tmp, tokenizer_dir)
     return build_tiny_model(cfg.model, schema, tokenizer), tokenizer
 
 
