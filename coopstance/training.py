@@ -269,6 +269,7 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         greater_is_better=True,
         seed=cfg.train.seed,
         dataloader_num_workers=cfg.train.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
         report_to=["tensorboard"],
         disable_tqdm=not cfg.train.progress_bar,
         ddp_find_unused_parameters=False,
@@ -321,6 +322,9 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.train.baseline:
         metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression", "test": baseline_report(splits, schema, cfg)}
     export_model(trainer, tokenizer, thresholds, schema, cfg)
+    metrics["checkpoints_kept"] = cfg.train.keep_checkpoints
     atomic_write_json(run_dir / FINISHED_MARKER, metrics)
+    if not cfg.train.keep_checkpoints:  # after metrics.json: a run killed here is finished, not resumable
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     state.wait_for_everyone()
     return metrics
