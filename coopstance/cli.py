@@ -19,6 +19,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("coopstance.predict", "tag articles (text files, folders, JSONL/Parquet, stdin) sentence by sentence"),
     "export-onnx": ("coopstance.onnx_export", "write model.onnx (and model.int8.onnx) beside a checkpoint for fast CPU inference"),
+    "serve": ("coopstance.serve", "the tagging service: HTTP API (POST /v1/tag) and a web page for analysts, on uvicorn"),
+    "tag-corpus": ("coopstance.bulk", "tag a whole archive (JSONL/Parquet) into resumable Parquet shards, locally or on Ray"),
+    "summarize": ("coopstance.summarize", "counts and shares of topics and stances in a tag-corpus output, by any columns"),
 }
 
 

@@ -29,6 +29,8 @@ from coopstance.data import (
 from coopstance.labels import DEFAULT_LABELS_FILE, LabelSchema, load_schema
 
 SEED_DIR = "seeds"
+STRESS_DIR = "data/stress"
+STRESS_AGREEMENT_DIR = "data/agreement/stress"
 NEAR_DUPLICATE_JACCARD = 0.8  # character 5-gram overlap above which two sentences count as near-duplicates
 NEAR_DUPLICATE_MIN_CHARS = 25
 HARD_CASE_KINDS = ("other_sense", "china_offtopic", "implicit")
@@ -40,13 +42,18 @@ class Targets:
     """The corpus targets of the annotation issue; `check` fails when one is missed."""
 
     languages: tuple[str, ...] = ("de", "en", "fr", "ja", "ko", "zh")
-    min_articles: int = 120
-    min_sentences: int = 1800
-    min_articles_per_language: int = 15
-    min_topic_positives: int = 80
-    min_stance_count: int = 120
-    min_no_topic_share: float = 0.25
-    min_hard_cases: int = 100
+    min_articles: int = 350
+    min_sentences: int = 6000
+    min_articles_per_language: int = 50
+    min_topic_positives: int = 500
+    min_topic_positives_per_language: int = 150
+    min_stance_count: int = 600
+    # Real news is mostly explicit: the first corpus (25% without topic) over-represented background sentences.
+    min_no_topic_share: float = 0.18
+    min_hard_cases: int = 150
+    min_genres: int = 12
+    # The stress set (data/stress): written blind, never trained on; its agreement study in data/agreement/stress.
+    min_stress_articles: int = 40
 
 
 def _shingles(key: str, n: int = 5) -> set[str]:
@@ -132,11 +139,18 @@ def target_problems(records: list[Record], schema: LabelSchema, targets: Targets
     for lang in targets.languages:
         checks.append((langs[lang] >= targets.min_articles_per_language,
                        f"articles in '{lang}': {langs[lang]} (target >= {targets.min_articles_per_language})"))
+    topic_lang_counts = Counter((t, r.lang) for r in records for t in r.topics)
     for t in schema.topics:
         missing = sorted(set(targets.languages) - topic_langs[t])
         checks.append((topic_counts[t] >= targets.min_topic_positives and not missing,
                        f"topic {t}: {topic_counts[t]} positives (target >= {targets.min_topic_positives})"
                        + (f", missing in {missing}" if missing else ", in every language")))
+        fewest = min(targets.languages, key=lambda lang: topic_lang_counts[t, lang])
+        checks.append((topic_lang_counts[t, fewest] >= targets.min_topic_positives_per_language,
+                       f"topic {t} per language: fewest {topic_lang_counts[t, fewest]} in '{fewest}' "
+                       f"(target >= {targets.min_topic_positives_per_language} in each)"))
+    genres = {rs[0].extra.get("genre") for rs in articles.values()} - {None}
+    checks.append((len(genres) >= targets.min_genres, f"genres: {len(genres)} (target >= {targets.min_genres})"))
     for s in schema.stances:
         checks.append((stance_counts[s] >= targets.min_stance_count,
                        f"stance {s}: {stance_counts[s]} (target >= {targets.min_stance_count})"))
@@ -170,6 +184,30 @@ def count_tables(records: list[Record], assignment: dict[str, str], schema: Labe
     return "\n".join(lines)
 
 
+def stress_problems(stress_dir: Path, corpus: list[Record], schema: LabelSchema, targets: Targets) -> list[str]:
+    """The stress set is valid, large enough, disjoint from the corpus, and has its two blind passes and adjudication."""
+    if not stress_dir.is_dir():
+        return [f"{stress_dir}: the stress set is missing"]
+    try:
+        stress = load_records([str(stress_dir)], schema)
+    except DataError as err:
+        return [f"stress set: {err}"]
+    articles = group_articles(stress)
+    problems = duplicate_problems(stress) + article_problems(stress)
+    problems += [f"stress set: article '{a}' is also in the corpus; stress articles must never be trained on"
+                 for a in sorted(set(articles) & {r.article_id for r in corpus})]
+    langs = {r.lang for r in stress}
+    checks = [(len(articles) >= targets.min_stress_articles, f"stress articles: {len(articles)} (target >= {targets.min_stress_articles})"),
+              (set(targets.languages) <= langs, f"stress languages: {', '.join(sorted(langs))}")]
+    agreement_dir = resolve_path(STRESS_AGREEMENT_DIR)
+    for name in ("pass_A.jsonl", "pass_B.jsonl", "adjudication.jsonl"):
+        checks.append(((agreement_dir / name).is_file(), f"stress agreement file {agreement_dir / name}"))
+    print(f"\nStress set ({len(stress)} sentences):")
+    for ok, line in checks:
+        print(f"  [{'ok' if ok else 'MISSED'}] {line}")
+    return problems + [f"stress set target missed: {line}" for ok, line in checks if not ok]
+
+
 def seed_article_ids(schema: LabelSchema) -> set[str]:
     seed_dir = resolve_path(SEED_DIR)
     if not seed_dir.is_dir() or not any(seed_dir.glob("*.jsonl")):
@@ -191,6 +229,7 @@ def run_check(sources: list[str], splits_file: str, labels_file: str, targets: T
     if targets is not None:
         print("\nCorpus targets:")
         problems += target_problems(records, schema, targets)
+        problems += stress_problems(resolve_path(STRESS_DIR), records, schema, targets)
     if problems:
         print(f"\ndata-check FAILED: {len(problems)} problem(s)", file=sys.stderr)
         for p in problems:
@@ -209,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", default=str(DEFAULT_LABELS_FILE), help="label schema")
     parser.add_argument("--no-targets", action="store_true", help="check validity only, not the corpus size targets")
     parser.add_argument("--seed", type=int, default=13, help="make-splits: shuffling seed")
+    parser.add_argument("--extend", action="store_true",
+                        help="make-splits: keep the split of every article already in --splits; split only the new ones")
     args = parser.parse_args(argv)
     if args.command == "check":
         return run_check(args.sources, args.splits, args.labels, None if args.no_targets else Targets())
@@ -218,10 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         print(count_tables(records, load_splits(args.splits), schema, markdown=True))
         return 0
     seeds = seed_article_ids(schema)
-    splits = make_splits(records, schema, seed=args.seed, force_test=seeds)
-    comment = (f"Article-level splits (15% dev, 15% test per language; seed article(s) forced into test), written by "
-               f"`python -m coopstance.corpus make-splits --seed {args.seed}`. Do not edit by hand: every reported "
-               "number depends on it.")
+    keep = load_splits(args.splits) if args.extend else None
+    splits = make_splits(records, schema, seed=args.seed, force_test=seeds, keep=keep)
+    how = f"make-splits --seed {args.seed}" + (" --extend" if args.extend else "")
+    comment = (f"Article-level splits (15% dev, 15% test per language; seed article(s) forced into test"
+               f"{'; articles of the earlier split file kept where they were' if args.extend else ''}), written by "
+               f"`python -m coopstance.corpus {how}`. Do not edit by hand: every reported number depends on it.")
     write_splits(splits, Path(resolve_path(args.splits, must_exist=False)), comment)
     print(f"wrote {args.splits}: " + ", ".join(f"{s} {len(splits[s])} articles" for s in SPLITS))
     return 0

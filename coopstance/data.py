@@ -259,19 +259,25 @@ def _coverage_gaps(articles: dict[str, list[Record]], ids: list[str], schema: La
 
 def make_splits(
     records: list[Record], schema: LabelSchema, dev_share: float = 0.15, test_share: float = 0.15,
-    seed: int = 13, force_test: Iterable[str] = (), max_tries: int = 500,
+    seed: int = 13, force_test: Iterable[str] = (), max_tries: int = 500, keep: dict[str, str] | None = None,
 ) -> dict[str, list[str]]:
-    """Stratified by language; retries seeds until every language, topic and stance appears in dev and test."""
+    """Stratified by language; retries seeds until every language, topic and stance appears in dev and test.
+
+    `keep` (article id -> split) pins articles that already have a split, so that a grown corpus keeps its old test
+    articles in test (and every old number comparable); only the new articles are shuffled, in the same shares."""
     articles = group_articles(records)
     by_lang: dict[str, list[str]] = defaultdict(list)
     forced = set(force_test)
+    kept = {a: s for a, s in (keep or {}).items() if a in articles and a not in forced}
     for article_id, sentences in sorted(articles.items()):
-        if article_id not in forced:
+        if article_id not in forced and article_id not in kept:
             by_lang[Counter(r.lang for r in sentences).most_common(1)[0][0]].append(article_id)
     langs = {r.lang for r in records}
     for attempt in range(max_tries):
         rng = random.Random(seed + attempt)
         split: dict[str, list[str]] = {"train": [], "dev": [], "test": sorted(forced)}
+        for article_id, name in sorted(kept.items()):
+            split[name].append(article_id)
         for lang in sorted(by_lang):
             ids = by_lang[lang][:]
             rng.shuffle(ids)

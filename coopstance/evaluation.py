@@ -347,6 +347,7 @@ def run_evaluation(
         "trained_on": {"sources": info.training.sources, "splits_file": info.training.splits_file} if info.training else None,
         "data": data_summary(target),
         "thresholds": dict(zip(info.schema.topics, info.thresholds.tolist())),
+        "bootstrap_samples": bootstrap_samples,
         "warnings": warnings,
         # F1 from the tagger's own decisions: the scores it returns are rounded to 4 decimals
         "model_scores": evaluate_probabilities(topic_true, model_output.topic_probs, info.thresholds, stance_true, model_output.stance_probs,

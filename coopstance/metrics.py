@@ -283,12 +283,22 @@ def evaluate_probabilities(
     groups = article_groups(article_ids)
     article_true = article_topic_matrix(article_ids, topic_true)
     article_pred = article_topic_matrix(article_ids, topic_pred)
+    none_index = schema.stances.index("none") if "none" in schema.stances else None
+
+    def china_stance_rate(rows: np.ndarray) -> dict[str, float | None]:
+        if none_index is None:
+            return {}
+        gold_none = stance_true[rows] == none_index
+        return {"china_stance_without_china_rate": float((stance_pred[rows][gold_none] != none_index).mean()) if gold_none.any() else None}
+
     head, per_topic = _threshold_free_scores(topic_true, topic_probs, stance_true, stance_probs, article_true, article_pred)
+    head.update(china_stance_rate(np.arange(len(stance_true))))
     boot: dict[str, list[float]] = {k: [] for k in head}
     for draw in bootstrap_article_draws(len(groups), bootstrap_samples, seed):
         rows = np.concatenate([groups[k] for k in draw])
         sample, _ = _threshold_free_scores(topic_true[rows], topic_probs[rows], stance_true[rows], stance_probs[rows],
                                            article_true[draw], article_pred[draw])
+        sample.update(china_stance_rate(rows))
         for k, v in sample.items():
             if v is not None:
                 boot[k].append(v)
@@ -304,6 +314,8 @@ def evaluate_probabilities(
         entry["pr_auc"] = None if np.isnan(per_topic["pr_auc"][j]) else round(float(per_topic["pr_auc"][j]), 4)
         entry["article_f1"] = round(float(per_topic["article_f1"][j]), 4)
         entry["article_support"] = int(article_support[j])
+    if none_index is not None:
+        report["china_stance_without_china"] = china_stance_without_china(stance_true, stance_pred, none_index)
     report["stance_confusion"] = {"rows_gold_columns_predicted": list(schema.stances),
                                   "counts": confusion_matrix(stance_true, stance_pred, schema.num_stances).tolist()}
     report["calibration"] = {
@@ -336,3 +348,14 @@ def format_report(title: str, report: dict[str, Any], baseline: dict[str, Any] |
         base = f"  {baseline[key]:.3f}" if baseline else ""
         lines.append(f"{key:<32}{'':>8}  {'':>6} {'':>6}  {value:<22}{base}")
     return "\n".join(lines)
+
+
+def china_stance_without_china(gold_stance: np.ndarray, pred_stance: np.ndarray, none_index: int) -> dict[str, float | int]:
+    """How often a sentence that does not refer to China (gold stance `none`) is given a China stance.
+
+    The commonest real-news error: cooperation among other countries tagged `cooperative`, which means cooperation
+    *with China*. Reported as the share of gold-`none` sentences predicted otherwise."""
+    gold_none = np.asarray(gold_stance) == none_index
+    wrong = gold_none & (np.asarray(pred_stance) != none_index)
+    n = int(gold_none.sum())
+    return {"rate": round(float(wrong.sum() / n), 4) if n else 0.0, "n_gold_none": n, "n_given_a_stance": int(wrong.sum())}

@@ -144,6 +144,7 @@ def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedMod
         id2label=schema.id2label,
         label2id=schema.label2id,
         ignore_mismatched_sizes=True,  # an already fine-tuned checkpoint may carry a head of another size
+        attn_implementation=args.attention,
     )
     if args.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -210,6 +211,7 @@ def build_tiny_model(args: ModelArgs, schema: LabelSchema, tokenizer: PreTrained
         id2label=schema.id2label,
         label2id=schema.label2id,
         pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=args.attention,
     )
     return BertForSequenceClassification(config)
 

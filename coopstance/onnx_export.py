@@ -12,10 +12,14 @@ checked against the torch model on a sample batch before it replaces an older on
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,18 @@ def _replace_atomically(write: Callable[[Path], None], destination: Path) -> Non
         os.replace(tmp, destination)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter and the quantizer print progress, warnings and advice on every run; keep the command's output clean."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def export_onnx(model_dir: str | Path, int8: bool = False, log: Callable[[str], None] = print) -> list[Path]:
@@ -83,7 +99,8 @@ def export_onnx(model_dir: str | Path, int8: bool = False, log: Callable[[str], 
 
     written = [path / ONNX_FILE]
     log(f"exporting {path} to {written[0]} ...")
-    _replace_atomically(write_fp32, written[0])
+    with _quiet():
+        _replace_atomically(write_fp32, written[0])
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -93,7 +110,8 @@ def export_onnx(model_dir: str | Path, int8: bool = False, log: Callable[[str], 
 
         written.append(path / INT8_FILE)
         log(f"quantizing to {written[1]} (dynamic int8) ...")
-        _replace_atomically(write_int8, written[1])
+        with _quiet():
+            _replace_atomically(write_int8, written[1])
     return written
 
 
@@ -125,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: export-onnx needs onnx and onnxruntime: pip install onnx onnxruntime onnxscript", file=sys.stderr)
         return 2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         written = export_onnx(args.model, args.int8, log=lambda message: print(message, file=sys.stderr))
     except ExportError as err:

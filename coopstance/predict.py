@@ -276,7 +276,10 @@ class _Stop(Exception):
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # the tagger's own messages only: no load reports or progress bars
+    hf_logging.disable_progress_bar()
     output_format = args.format or (FORMAT_BY_SUFFIX.get(Path(args.output).suffix.lower(), "table") if args.output else "table")
     errors: list[str] = []
 

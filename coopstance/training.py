@@ -46,7 +46,7 @@ from coopstance.data import (
     split_records,
 )
 from coopstance.labels import LabelSchema, load_schema
-from coopstance.metrics import evaluate_predictions, headline_scores, sigmoid, tune_thresholds
+from coopstance.metrics import china_stance_without_china, epoch_dev_scores, evaluate_predictions, sigmoid, tune_thresholds
 from coopstance.model import (
     build_tiny_model,
     ensure_model_available,
@@ -56,6 +56,8 @@ from coopstance.model import (
     multitask_loss,
     train_tiny_tokenizer,
 )
+from coopstance.modelcard import write_model_card
+from coopstance.throughput import attach_throughput, speed_arguments
 from coopstance.utils import atomic_write_json, atomic_write_text
 
 FINISHED_MARKER = "metrics.json"
@@ -178,22 +180,31 @@ def _predict(trainer: Trainer, dataset: EncodedDataset, num_topics: int) -> tupl
 def _report(topic_probs: np.ndarray, stance_logits: np.ndarray, records: list[Record], thresholds: np.ndarray,
             schema: LabelSchema, cfg: RunConfig) -> dict[str, Any]:
     topics, stances = label_matrix(records, schema)
-    return evaluate_predictions(
+    report = evaluate_predictions(
         np.asarray(topics, dtype=bool), topic_probs >= thresholds, np.asarray(stances), stance_logits.argmax(1),
         [r.article_id for r in records], schema, cfg.train.bootstrap_samples, cfg.train.seed,
     )
+    report["china_stance_without_china"] = china_stance_without_china(stances, stance_logits.argmax(1), schema.stances.index("none"))
+    return report
 
 
 def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: RunConfig) -> dict[str, Any]:
+    """The baseline, fitted on train (thresholds on dev), scored on test and on the stress set if there is one."""
     from coopstance.baseline import TfidfBaseline
 
     baseline = TfidfBaseline(schema, cfg.train.seed).fit(splits["train"], splits["dev"])
-    topic_pred, stance_pred = baseline.predict(splits["test"])
-    topics, stances = label_matrix(splits["test"], schema)
-    return evaluate_predictions(
-        np.asarray(topics, dtype=bool), topic_pred, np.asarray(stances), stance_pred,
-        [r.article_id for r in splits["test"]], schema, cfg.train.bootstrap_samples, cfg.train.seed,
-    )
+    report = {}
+    for name in ("test", "stress"):
+        if not splits.get(name):
+            continue
+        topic_pred, stance_pred = baseline.predict(splits[name])
+        topics, stances = label_matrix(splits[name], schema)
+        report[name] = evaluate_predictions(
+            np.asarray(topics, dtype=bool), topic_pred, np.asarray(stances), stance_pred,
+            [r.article_id for r in splits[name]], schema, cfg.train.bootstrap_samples, cfg.train.seed,
+        )
+        report[name]["china_stance_without_china"] = china_stance_without_china(stances, stance_pred, schema.stances.index("none"))
+    return report
 
 
 def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, thresholds: np.ndarray, schema: LabelSchema,
@@ -205,6 +216,7 @@ def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, threshold
     model.config.topic_thresholds = {t: float(v) for t, v in zip(schema.topics, thresholds)}
     model.config.context_sentences = cfg.data.context_sentences
     model.config.max_seq_length = cfg.model.max_length  # not "max_length": transformers reserves it for generation
+    model.config.label_descriptions = dict(schema.descriptions)  # so the exported folder explains its labels (Tagger.label_info)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -274,13 +286,15 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         disable_tqdm=not cfg.train.progress_bar,
         ddp_find_unused_parameters=False,
         use_cpu=use_cpu,
+        **speed_arguments(cfg, use_cpu),
     )
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         labels = prediction.label_ids
-        return headline_scores(
-            labels[:, :schema.num_topics] > 0.5, logits[:, :schema.num_topics] > 0,
+        # both topic cut-offs, labelled: 0.5 (which picks the epoch) and thresholds tuned on this dev set (as metrics.json)
+        return epoch_dev_scores(
+            labels[:, :schema.num_topics] > 0.5, sigmoid(logits[:, :schema.num_topics]),
             labels[:, schema.num_topics].astype(int), logits[:, schema.num_topics:].argmax(1), schema.num_stances,
         )
 
@@ -299,10 +313,14 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
             "topic_weight": cfg.loss.topic_weight, "stance_weight": cfg.loss.stance_weight,
         },
     )
+    throughput = attach_throughput(trainer)  # samples/s, tokens/s, padding, MFU, peak memory in every log
     train_output = trainer.train(resume_from_checkpoint=resume_from)
 
     dev_probs, dev_stance = _predict(trainer, datasets["dev"], schema.num_topics)
     test_probs, test_stance = _predict(trainer, datasets["test"], schema.num_topics)
+    stress = load_records(cfg.data.stress_sources, schema) if cfg.data.stress_sources else []
+    if stress:
+        stress_probs, stress_stance = _predict(trainer, EncodedDataset(stress, tokenizer, schema, cfg), schema.num_topics)
     if not state.is_main_process:
         state.wait_for_everyone()
         return {}
@@ -314,14 +332,17 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "thresholds": {t: float(v) for t, v in zip(schema.topics, thresholds)},
         "dev": _report(dev_probs, dev_stance, splits["dev"], thresholds, schema, cfg),
         "test": _report(test_probs, test_stance, splits["test"], thresholds, schema, cfg),
+        **({"stress": _report(stress_probs, stress_stance, stress, thresholds, schema, cfg)} if stress else {}),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_steps": int(train_output.global_step),
         "train_loss": float(train_output.training_loss),
         "runtime_s": round(time.time() - started, 1),
+        "throughput": throughput.summary(),
     }
     if cfg.train.baseline:
-        metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression", "test": baseline_report(splits, schema, cfg)}
-    export_model(trainer, tokenizer, thresholds, schema, cfg)
+        metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression", **baseline_report({**splits, "stress": stress}, schema, cfg)}
+    model_dir = export_model(trainer, tokenizer, thresholds, schema, cfg)
+    write_model_card(model_dir, splits, metrics["test"], metrics.get("baseline", {}).get("test"), "the training run (metrics.json)")
     metrics["checkpoints_kept"] = cfg.train.keep_checkpoints
     atomic_write_json(run_dir / FINISHED_MARKER, metrics)
     if not cfg.train.keep_checkpoints:  # after metrics.json: a run killed here is finished, not resumable

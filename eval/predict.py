@@ -1,42 +1,21 @@
-"""Tag an article (plain text, one or more paragraphs) with topics and stance, sentence by sentence.
+"""Tag an article: a thin wrapper around `coopstance predict` (kept for `make predict` habits and old scripts).
 
-    python eval/predict.py outputs/tiny/model seeds/trade_ministers_us_japan_korea.de.txt
+    python eval/predict.py outputs/demo/model seeds/trade_ministers_us_japan_korea.de.txt
     python eval/predict.py outputs/mbert/model article.txt --output tagged.jsonl
     cat article.txt | python eval/predict.py outputs/mbert/model -
+
+Same as `coopstance predict --model MODEL ARTICLE [--output FILE]`; any other option is passed on
+(`coopstance predict --help` lists them).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from coopstance.inference import Tagger
-from coopstance.utils import atomic_write_jsonl
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="exported model folder (<run>/model)")
-    parser.add_argument("article", help="UTF-8 text file, or - for standard input")
-    parser.add_argument("--output", help="write one JSON object per sentence here")
-    args = parser.parse_args(argv)
-    if args.article != "-" and not Path(args.article).is_file():
-        print(f"error: {args.article}: no such file; pass a UTF-8 text file or - for standard input", file=sys.stderr)
-        return 2
-    text = sys.stdin.read() if args.article == "-" else Path(args.article).read_text(encoding="utf-8")
-    try:
-        tags = Tagger(args.model).tag_article(text)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for i, tag in enumerate(tags):
-        print(f"[{i:>2}] stance={tag.stance:<15} topics={','.join(tag.topics) or '-'}\n     {tag.text}")
-    if args.output:
-        atomic_write_jsonl(Path(args.output), [{"sentence_id": i, **t.to_dict()} for i, t in enumerate(tags)])
-        print(f"\n{len(tags)} tagged sentences written to {args.output}")
-    return 0
-
+from coopstance.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if len(sys.argv) < 3 or sys.argv[1].startswith("-"):
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(["predict", "--model", sys.argv[1], *sys.argv[2:]]))

@@ -121,6 +121,17 @@ def test_make_splits_is_disjoint_deterministic_and_forces_seed_into_test(tmp_pat
         assert {a[:2] for a in splits[split]} == {"de", "en", "fr"}
 
 
+def test_make_splits_extend_keeps_every_earlier_assignment(tmp_path, schema):
+    records = load_records([str(write_jsonl(tmp_path / "c.jsonl", _toy_corpus(schema)))], schema)
+    all_ids = sorted({r.article_id for r in records})
+    old = set(all_ids[::2])  # an earlier, smaller corpus, split on its own
+    earlier = make_splits([r for r in records if r.article_id in old], schema, seed=3)
+    keep = {a: s for s, ids in earlier.items() for a in ids}
+    grown = make_splits(records, schema, seed=5, keep=keep)
+    assert {a: s for s, ids in grown.items() for a in ids if a in old} == keep
+    assert set().union(*map(set, grown.values())) == set(all_ids)
+
+
 def test_split_records_never_splits_an_article(tmp_path, schema):
     path = write_jsonl(tmp_path / "c.jsonl", _toy_corpus(schema))
     records = load_records([str(path)], schema)

@@ -1,6 +1,8 @@
-"""The `make demo` pipeline end to end, timed: slow, so excluded by default (`make test-all` runs it; CI runs
-`make demo` itself)."""
+"""`make demo` end to end, timed: the real offline encoder, fine-tuned on the demo budget, must clearly beat the
+TF-IDF baseline. Slow (it builds the encoder if needed and trains for a few minutes), so excluded by default;
+`make test-all` runs it, and CI runs `make demo` itself and checks the same margin (.ci/run)."""
 
+import json
 import subprocess
 import sys
 import time
@@ -8,19 +10,30 @@ import time
 import pytest
 from conftest import REPO
 
+DEMO_BUDGET_S = 360
+MIN_MARGIN = 0.10  # over the baseline, on test topic and stance macro-F1
+
+
+def demo_margins(metrics: dict) -> dict[str, float]:
+    model, baseline = metrics["test"], metrics["baseline"]["test"]
+    return {k: model[k] - baseline[k] for k in ("topic_macro_f1", "stance_macro_f1")}
+
 
 @pytest.mark.slow
-def test_demo_pipeline_under_five_minutes(tmp_path):
+def test_real_demo_beats_the_baseline_in_under_six_minutes(tmp_path):
     start = time.time()
+    run = tmp_path / "demo"
     steps = [
-        ["train/train.py", "--config", "configs/tiny.yaml", f"train.output_root={tmp_path}", "train.run_name=demo"],
-        ["eval/evaluate.py", str(tmp_path / "demo" / "model"), "--bootstrap", "300"],
-        ["eval/predict.py", str(tmp_path / "demo" / "model"), "seeds/trade_ministers_us_japan_korea.de.txt",
-         "--output", str(tmp_path / "demo" / "seed_tagged.jsonl")],
+        ["-m", "coopstance.encoders", "build", "e5-small"],
+        ["train/train.py", "--config", "configs/demo.yaml", f"train.output_root={tmp_path}"],
+        ["eval/evaluate.py", str(run / "model"), "--bootstrap", "300"],
+        ["eval/predict.py", str(run / "model"), "seeds/trade_ministers_us_japan_korea.de.txt", "--output", str(run / "seed_tagged.jsonl")],
     ]
     for step in steps:
-        out = subprocess.run([sys.executable, *step], cwd=REPO, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, *step], cwd=REPO, capture_output=True, text=True, timeout=DEMO_BUDGET_S)
         assert out.returncode == 0, out.stderr[-2000:]
-    assert time.time() - start < 300
-    for name in ("model/config.json", "metrics.json", "eval_test.json", "seed_tagged.jsonl"):
-        assert (tmp_path / "demo" / name).is_file(), name
+    assert time.time() - start < DEMO_BUDGET_S
+    margins = demo_margins(json.loads((run / "metrics.json").read_text()))
+    assert min(margins.values()) >= MIN_MARGIN, margins
+    tagged = [json.loads(line) for line in (run / "seed_tagged.jsonl").read_text().splitlines()]
+    assert len(tagged) >= 12

@@ -23,7 +23,8 @@ CASES = {
     "es": ("El Sr. García viajó a EE. UU. el lunes. «Cooperamos», dijo. ¿Qué pasará? Subió un 3,5 %. La Dra. Pérez no habló.",
            ["El Sr. García viajó a EE. UU. el lunes.", "«Cooperamos», dijo.", "¿Qué pasará?", "Subió un 3,5 %.", "La Dra. Pérez no habló."]),
     "ja": ("経産省は14日、規制を拡大した。「協力する」と述べた。価格は3.5%上昇した。彼は「協力する。」と述べた。2025年に始まった。",
-           ["経産省は14日、規制を拡大した。", "「協力する」と述べた。", "価格は3.5%上昇した。", "彼は「協力する。」と述べた。", "2025年に始まった。"]),
+           ["経産省は14日、規制を拡大した。", "「協力する」と述べた。", "価格は3.5%上昇した。", "彼は「協力する。」と述べた。",
+            "2025年に始まった。"]),
     "zh": ("商务部6日宣布新措施。“我们会回应。”发言人说。增长了3.5%。2024年12月，规定生效。他说：“我们会合作。”下一步是谈判。",
            ["商务部6日宣布新措施。", "“我们会回应。”发言人说。", "增长了3.5%。", "2024年12月，规定生效。", "他说：“我们会合作。”", "下一步是谈判。"]),
     "ko": ('중국은 반발했다. 가격은 3.5% 올랐다. "협력하겠다"고 말했다. 미 상무부는 2일 발표했다.',
@@ -48,7 +49,8 @@ def test_offsets_map_back_to_the_input(lang):
 
 
 def test_headlines_bylines_and_datelines_without_a_full_stop_are_sentences():
-    text = "Chip curbs widen again\nBy Laura Whitcombe\n\nWASHINGTON — The U.S. added 140 firms. Beijing responded.\n半導体規制を拡大　保守も許可制に\n本文です。"
+    text = ("Chip curbs widen again\nBy Laura Whitcombe\n\nWASHINGTON — The U.S. added 140 firms. Beijing responded.\n"
+            "半導体規制を拡大　保守も許可制に\n本文です。")
     assert split_sentences(text) == [
         "Chip curbs widen again", "By Laura Whitcombe", "WASHINGTON — The U.S. added 140 firms.", "Beijing responded.",
         "半導体規制を拡大　保守も許可制に", "本文です。",
