@@ -7,8 +7,12 @@ NPROC ?= 1
 MODEL ?= outputs/mbert/model
 ARTICLE ?= seeds/trade_ministers_us_japan_korea.de.txt
 SPLIT ?= test
+# The studies (make xling / ablate-context / cv): real encoder, 2-core CPU budget (fewer epochs than the full recipe).
+STUDY_CONFIG ?= configs/e5-small.yaml
+STUDY_BUDGET ?= train.epochs=2
+FOLDS ?= 5
 
-.PHONY: help install encoder train evaluate predict demo smoke test test-all lint data-check bench-inference clean-demo
+.PHONY: help install encoder train evaluate xling ablate-context cv predict demo smoke test test-all lint data-check bench-inference bench-train gpu-check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -27,8 +31,17 @@ else
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) train/train.py --config $(CONFIG) $(ARGS)
 endif
 
-evaluate: ## score MODEL on SPLIT (default test) with 95% CIs and the baseline beside it
+evaluate: ## score MODEL on SPLIT (default test) beside the baseline: report folder <run>/eval/SPLIT/ (report.md, plots, metrics.json)
 	$(PY) eval/evaluate.py $(MODEL) --split $(SPLIT)
+
+xling: encoder ## study: per language, train without it and test on it (STUDY_CONFIG, STUDY_BUDGET, ARGS) -> outputs/studies/
+	$(PY) eval/xling.py --config $(STUDY_CONFIG) $(STUDY_BUDGET) model.max_length=64 $(ARGS)
+
+ablate-context: encoder ## study: data.context_sentences 0, 1, 2 with the same seed and budget -> outputs/studies/
+	$(PY) eval/ablate_context.py --config $(STUDY_CONFIG) $(STUDY_BUDGET) model.max_length=256 $(ARGS)
+
+cv: encoder ## study: FOLDS-fold cross-validation grouped by article, mean and sd of the headline figures -> outputs/studies/
+	$(PY) eval/cv.py --config $(STUDY_CONFIG) --folds $(FOLDS) $(STUDY_BUDGET) model.max_length=64 $(ARGS)
 
 predict: ## tag ARTICLE (text file, folder, JSONL/Parquet) with MODEL: `coopstance predict`, ARGS for its options
 	$(PY) -m coopstance predict --model $(MODEL) $(ARTICLE) $(ARGS)
@@ -60,3 +73,9 @@ data-check: ## validate the corpus and splits, print counts, check corpus target
 
 bench-inference: ## CPU sentences/s: transformers pipeline vs Tagger torch/ONNX/int8 (tiny model; ARGS="--encoder DIR" or "--model DIR")
 	$(PY) eval/bench_inference.py $(ARGS)
+
+bench-train: ## training samples/s, tokens/s, MFU, memory: Trainer defaults vs our settings (small arch on CPU; ARGS="--arch mbert-size")
+	$(PY) eval/bench_train.py $(ARGS)
+
+gpu-check: ## on a lent GPU, <5 min: CUDA+bf16, bench-train mbert-size, tiny run train/export/evaluate, DDP if 2+ GPUs; a README block
+	$(PY) eval/gpu_check.py $(ARGS)

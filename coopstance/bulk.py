@@ -487,11 +487,13 @@ def run_ray(job: Job, pending: set[str], done: Callable[[dict[str, Any]], None],
         pending_files = {s["file"] for s in job.shards if s["name"] in pending}
         files = [{"file_index": i, "path": f["path"]} for i, f in enumerate(job.files) if f["path"] in pending_files]
         threads = max(1, int(cpus_per_actor))
+        device = "cuda" if gpus_per_actor else "cpu"
         dataset = (
             ray.data.from_items(files, override_num_blocks=max(1, len(files)))
-            .flat_map(_file_payloads, fn_kwargs={"shard_size": job.shard_size, "wanted": sorted(pending)})
+            # Reading is light; with num_cpus=0 it is never starved by an actor pool that holds every CPU.
+            .flat_map(_file_payloads, fn_kwargs={"shard_size": job.shard_size, "wanted": sorted(pending)}, num_cpus=0)
             .map_batches(ShardTagger, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                         fn_constructor_kwargs={"settings": job.tagging_settings(), "threads": threads, "device": "cuda" if gpus_per_actor else "cpu"},
+                         fn_constructor_kwargs={"settings": job.tagging_settings(), "threads": threads, "device": device},
                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
         )
         for shard in dataset.iter_rows():
@@ -574,14 +576,16 @@ def run(args: argparse.Namespace) -> int:
         elif pending:
             run_ray(job, pending, done, progress, args.actors, args.cpus_per_actor, args.gpus_per_actor)
     finally:
+        tagging_seconds = progress.format_dict["elapsed"]  # from the model load on (local engine), or from Ray's start
         progress.close()
     seconds = time.perf_counter() - start
     finished = sum(shard_finished(out, s["name"]) for s in job.shards)
     skipped = len(job.shards) - len(pending)
-    print(f"tag-corpus: {totals['n_articles']} articles tagged ({totals['n_sentences']} sentences, "
-          f"{totals['n_articles'] / seconds if seconds else 0:.1f} articles/s), {totals['n_errors']} bad articles in {out / 'errors'}; "
-          f"{totals['shards']} shards written, {skipped} already finished; {finished}/{len(job.shards)} shards done in {out} ({seconds:.1f} s)",
-          file=sys.stderr)
+    per_second = 1 / tagging_seconds if tagging_seconds else 0.0
+    rate = f"{totals['n_articles'] * per_second:.1f} articles/s, {totals['n_sentences'] * per_second:.0f} sentences/s"
+    print(f"tag-corpus: {totals['n_articles']} articles tagged, {totals['n_sentences']} sentences ({rate}), {totals['n_errors']} bad articles "
+          f"-> {out / 'errors'}; {totals['shards']} shards written, {skipped} already finished, {finished}/{len(job.shards)} done in {out}; "
+          f"{seconds:.1f} s in all", file=sys.stderr)
     if finished < len(job.shards):
         print(f"error: {len(job.shards) - finished} shard(s) not finished (did an input file change while it was read?); run the command "
               "again to finish them", file=sys.stderr)

@@ -3,11 +3,12 @@ on the test articles, stance accuracy on implicit references, training time and 
 Writes outputs/studies/ablate-context-<config>.md (and .json).
 
     make ablate-context                                           # configs/e5-small.yaml on the 2-core CPU budget
-    python eval/ablate_context.py --config configs/e5-small.yaml train.epochs=2 model.max_length=160
+    python eval/ablate_context.py --config configs/e5-small.yaml train.epochs=2 model.max_length=256
     python eval/ablate_context.py --config configs/tiny.yaml --contexts 0,1 train.max_steps=5    # a quick smoke run
 
-Keep model.max_length large enough for the context (160 tokens holds a sentence and two neighbours on each side in
-most cases); otherwise the context is cut and the comparison says little.
+Keep model.max_length large enough for the context, or it is cut and the comparison says little. With the e5-small
+tokenizer on the corpus (measured): context 0 needs 29 tokens (median; 95th percentile 47), context 1 85 (120),
+context 2 137 (190); at 256 tokens 0.2% of the context-2 inputs are truncated, at 160 21%.
 """
 
 from __future__ import annotations

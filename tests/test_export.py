@@ -18,7 +18,7 @@ INT8_MAX_MACRO_F1_CHANGE = 0.03
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory, capsys):
+def exported(trained_run, tmp_path_factory):
     cfg, _ = trained_run
     model_dir = tmp_path_factory.mktemp("export") / "model"
     shutil.copytree(cfg.run_dir / "model", model_dir)

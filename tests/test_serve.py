@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serve_server import free_port, running_server
-
 from conftest import REPO, write_jsonl
+from serve_server import running_server, serving_in_thread
+
 from coopstance import __version__
 
 SEED = REPO / "seeds" / "trade_ministers_us_japan_korea.de.txt"
@@ -58,10 +56,12 @@ def rows_of(answer):
 
 
 def predict_jsonl(model_dir, path):
-    out = subprocess.run([sys.executable, "-m", "coopstance", "predict", "--model", str(model_dir), str(path), "--format", "jsonl", "--quiet"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    """`coopstance predict --format jsonl` (in this process: the same code path, without a second torch import)."""
+    from coopstance.cli import main
+
+    output = path.with_suffix(".tagged.jsonl")
+    assert main(["predict", "--model", str(model_dir), str(path), "--format", "jsonl", "--output", str(output), "--quiet"]) == 0
+    return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,65 +263,66 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(client,
     assert batches <= len(sentences) // 4 and after["largest_batch_requests"] >= 8, after
 
 
-def test_without_batching_each_request_is_its_own_model_call(model_dir, tmp_path):
-    with running_server(model_dir, tmp_path / "server.log", "--no-batching", "--max-queue-sentences", "20") as server:
+@pytest.fixture(scope="module")
+def tagger(model_dir):
+    from coopstance.inference import Tagger
+
+    return Tagger(model_dir, device="cpu")
+
+
+def test_without_batching_each_request_is_its_own_model_call(tagger):
+    from coopstance.serve.app import Batching, Limits, create_app
+
+    with serving_in_thread(create_app(tagger, Limits(max_queue_sentences=20), Batching(enabled=False))) as url:
         sentences = [f"Satz {i} über Exportkontrollen." for i in range(12)]
         with ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(lambda s: httpx.post(server.url + "/v1/tag", json={"sentences": [s]}, timeout=60), sentences))
+            responses = list(pool.map(lambda s: httpx.post(url + "/v1/tag", json={"sentences": [s]}, timeout=60), sentences))
         assert all(r.status_code == 200 for r in responses)
-        stats = httpx.get(server.url + "/health").json()["stats"]
+        stats = httpx.get(url + "/health").json()["stats"]
         assert stats["batches"] == stats["requests"] == 12 and stats["largest_batch_requests"] == 1
         # more sentences than may wait for the model: 503, retry later
-        busy = httpx.post(server.url + "/v1/tag", json={"sentences": ["Ein Satz."] * 21}, timeout=60)
+        busy = httpx.post(url + "/v1/tag", json={"sentences": ["Ein Satz."] * 21}, timeout=60)
         assert busy.status_code == 503 and busy.json()["limit"] == "max_queue_sentences" and busy.headers["retry-after"]
-        assert server.alive()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # A failing model call and the command line.
 
 
-def test_a_failing_model_call_answers_500_and_the_service_goes_on(model_dir):
-    import uvicorn
+class FailingOnce:
+    """The tagger, except that its first call raises (a GPU out of memory, say)."""
 
-    from coopstance.inference import Tagger
+    def __init__(self, tagger):
+        self.tagger, self.calls = tagger, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tagger, name)
+
+    def tag_articles(self, articles):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self.tagger.tag_articles(articles)
+
+
+def test_a_failing_model_call_answers_500_and_the_service_goes_on(tagger):
     from coopstance.serve.app import create_app
 
-    tagger = Tagger(model_dir, device="cpu")
-    real_tag_articles = tagger.tag_articles
-    calls = []
-
-    def fail_first_call(articles):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real_tag_articles(articles)
-
-    tagger.tag_articles = fail_first_call
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(tagger), host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        failed = httpx.post(f"http://127.0.0.1:{port}/v1/tag", json={"article": "Ein Satz."}, timeout=30)
+    with serving_in_thread(create_app(FailingOnce(tagger))) as url:
+        failed = httpx.post(url + "/v1/tag", json={"article": "Ein Satz."}, timeout=30)
         assert failed.status_code == 500 and failed.json()["error"] == "internal_error" and "simulated" in failed.json()["message"]
-        assert httpx.post(f"http://127.0.0.1:{port}/v1/tag", json={"article": "Ein Satz."}, timeout=30).status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["stats"]["failed_batches"] == 1
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+        assert httpx.post(url + "/v1/tag", json={"article": "Ein Satz."}, timeout=30).status_code == 200
+        assert httpx.get(url + "/health").json()["stats"]["failed_batches"] == 1
 
 
-def test_command_line_errors_exit_2(tmp_path, model_dir):
-    def serve(*args):
-        return subprocess.run([sys.executable, "-m", "coopstance", "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_command_line_errors_exit_2(tmp_path, model_dir, capsys):
+    from coopstance.cli import main
 
-    out = serve("--model", str(tmp_path / "none"))
-    assert out.returncode == 2 and "no exported model here" in out.stderr and "Traceback" not in out.stderr
-    out = serve("--model", str(model_dir), "--max-sentences", "0")
-    assert out.returncode == 2 and "--max-sentences must be at least 1" in out.stderr
-    out = serve("--help")
-    assert out.returncode == 0 and "--max-chars-per-article" in out.stdout and "--no-batching" in out.stdout
+    assert main(["serve", "--model", str(tmp_path / "none")]) == 2
+    assert "no exported model here" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model_dir), "--max-sentences", "0"]) == 2
+    assert "--max-sentences must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--max-chars-per-article" in out and "--no-batching" in out

@@ -1,0 +1,163 @@
+"""Load test of `coopstance serve` on loopback: requests/s and latency with micro-batching on and off, side by side.
+
+    make bench-serve                                             # tiny random-init BERT (configs/tiny.yaml)
+    python eval/bench_serve.py --model outputs/demo/model        # a real model folder
+    python eval/bench_serve.py --clients 50 --requests 2000 --repeats 3 --sentences-per-request 1
+
+Two servers run as separate processes on 127.0.0.1 (free ports): one as `coopstance serve` starts by default
+(batching on), one with --no-batching. Each run sends a fixed number of requests (one test-split sentence each, by
+default) from a fixed number of concurrent clients (asyncio + httpx, one connection per client) and stops by itself;
+runs alternate between the two servers so that a busy moment on a shared machine hits both alike. The table has the
+median over runs of requests/s and of the p50/p95/p99 latency, all errors (non-200 answers, timeouts, refused
+connections) summed over the runs, and how many requests shared a model call (from the servers' /health counters).
+Nothing but loopback is ever contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from bench_inference import cpu_name, tiny_model_dir  # the sibling script (eval/ is on sys.path when run as a script)
+
+from coopstance.data import group_articles, load_records, load_splits, split_records
+from coopstance.inference import available_cpus
+from coopstance.labels import load_schema
+
+HOST = "127.0.0.1"  # loopback only, by design
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: Path, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "coopstance", "serve", "--model", str(model_dir), "--host", HOST, "--port", str(port),
+               "--no-access-log", "--log-level", "warning", *args]
+    with open(log, "w", encoding="utf-8") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise SystemExit(f"server did not start within 180 s:\n{log.read_text()[-2000:]}")
+
+
+async def load(url: str, bodies: list[dict], clients: int, requests: int, timeout: float, deadline_s: float) -> dict:
+    """Send `requests` POST /v1/tag from `clients` concurrent clients; latencies of the successful ones, errors counted."""
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+    stop_at = time.perf_counter() + deadline_s
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors, next_index
+        while next_index < requests and time.perf_counter() < stop_at:
+            body = bodies[next_index % len(bodies)]
+            next_index += 1
+            start = time.perf_counter()
+            try:
+                response = await http.post(url + "/v1/tag", json=body)
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    errors += requests - next_index  # not sent before the deadline
+    ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {"rps": len(latencies) / elapsed, "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="exported model folder (default: a tiny random-init BERT built here)")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
+    parser.add_argument("--sentences-per-request", type=int, default=1)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take before it counts as an error")
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds one run may take; unsent requests count as errors")
+    args = parser.parse_args()
+
+    schema = load_schema()
+    records = load_records(["data/corpus", "seeds"], schema)
+    test = split_records(records, load_splits("data/splits.json"))[0]["test"]
+    sentences = [r.text for rs in group_articles(test).values() for r in rs]
+    k = args.sentences_per_request
+    bodies = [{"sentences": sentences[i:i + k]} for i in range(0, len(sentences) - k + 1, k)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model_dir, label = Path(args.model), args.model
+        else:
+            model_dir, label = tiny_model_dir([r.text for r in records], Path(tmp) / "model"), "tiny random-init BERT (configs/tiny.yaml)"
+        modes = {
+            f"batching on (wait {args.batch_wait_ms:g} ms)": ["--batch-wait-ms", str(args.batch_wait_ms)],
+            "batching off (--no-batching)": ["--no-batching"],
+        }
+        servers = {name: start_server(model_dir, Path(tmp) / f"server{i}.log", *flags) for i, (name, flags) in enumerate(modes.items())}
+        try:
+            for _, url in servers.values():  # warm-up: first calls allocate and compile kernels
+                asyncio.run(load(url, bodies, args.clients, min(200, args.requests), args.timeout, args.deadline))
+            before = {name: httpx.get(url + "/health").json()["stats"] for name, (_, url) in servers.items()}
+            runs: dict[str, list[dict]] = {name: [] for name in servers}
+            for _ in range(args.repeats):
+                for name, (_, url) in servers.items():
+                    runs[name].append(asyncio.run(load(url, bodies, args.clients, args.requests, args.timeout, args.deadline)))
+            after = {name: httpx.get(url + "/health").json()["stats"] for name, (_, url) in servers.items()}
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(timeout=30)
+
+    median = {name: {key: statistics.median(r[key] for r in rs) for key in ("rps", "p50", "p95", "p99")} for name, rs in runs.items()}
+    print(f"model: {label}; {args.clients} concurrent clients, {args.requests:,} requests of {k} sentence(s) per run, "
+          f"median of {args.repeats} interleaved runs per mode")
+    print(f"hardware: {cpu_name()}, {available_cpus()} CPU(s) available ({os.cpu_count()} visible), shared by the servers and the "
+          f"load generator; loopback HTTP\n")
+    print(f"| {'mode':<30} | requests/s | p50 ms | p95 ms | p99 ms | errors | requests per model call |")
+    print(f"|{'-' * 32}|-----------:|-------:|-------:|-------:|-------:|------------------------:|")
+    for name in runs:
+        m = median[name]
+        calls = after[name]["batches"] - before[name]["batches"]
+        per_call = (after[name]["requests"] - before[name]["requests"]) / calls if calls else float("nan")
+        errors = sum(r["errors"] for r in runs[name])
+        print(f"| {name:<30} | {m['rps']:10.1f} | {m['p50']:6.1f} | {m['p95']:6.1f} | {m['p99']:6.1f} | {errors:6d} | {per_call:23.1f} |")
+    on, off = (median[name]["rps"] for name in runs)
+    print(f"\nbatching on / off: {on / off:.2f}x requests/s")
+
+
+if __name__ == "__main__":
+    main()
