@@ -12,7 +12,7 @@ STUDY_CONFIG ?= configs/e5-small.yaml
 STUDY_BUDGET ?= train.epochs=2
 FOLDS ?= 5
 
-.PHONY: help install encoder train evaluate xling ablate-context cv predict demo smoke test test-all lint data-check bench-inference bench-train gpu-check clean-demo
+.PHONY: help install encoder train evaluate xling ablate-context cv predict demo smoke test test-all lint data-check bench-inference bench-train bench-bulk gpu-check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ install: ## create .venv and install the package with its test tools
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,ray]"
 
 train: ## fine-tune CONFIG (default mbert) with ARGS overrides; NPROC=8 for 8 GPUs
 ifeq ($(NPROC),1)
@@ -73,6 +73,9 @@ data-check: ## validate the corpus and splits, print counts, check corpus target
 
 bench-inference: ## CPU sentences/s: transformers pipeline vs Tagger torch/ONNX/int8 (tiny model; ARGS="--encoder DIR" or "--model DIR")
 	$(PY) eval/bench_inference.py $(ARGS)
+
+bench-bulk: ## tag-corpus articles/s and sentences/s: local engine vs Ray with 1 and 2 actors (tiny model; ARGS="--articles 2000")
+	$(PY) eval/bench_bulk.py $(ARGS)
 
 bench-train: ## training samples/s, tokens/s, MFU, memory: Trainer defaults vs our settings (small arch on CPU; ARGS="--arch mbert-size")
 	$(PY) eval/bench_train.py $(ARGS)

@@ -423,12 +423,12 @@ def prepare_output(out: Path, job: Job, overwrite: bool) -> str | None:
 
 
 def run_local(job: Job, pending: set[str], done: Callable[[dict[str, Any]], None], progress: Any, threads: int | None,
-              device: str | None) -> None:
+              device: str | None, on_ready: Callable[[], None]) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar would cut through ours
     tagger = Tagger(job.model, backend=job.backend, device=device, batch_size=job.batch_size, num_threads=threads)
-    progress.reset(total=progress.total)  # the rate and the time left count from here, not from the model load
+    on_ready()
     settings = job.tagging_settings()
     for index, file in enumerate(job.files):
         for payload in iter_payloads(file["path"], index, job.shard_size, pending):
@@ -570,15 +570,21 @@ def run(args: argparse.Namespace) -> int:
     progress = tqdm(total=sum(s["count"] for s in job.shards if s["name"] in pending), unit=" articles", disable=args.quiet,
                     file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
     start = time.perf_counter()
+    tagging_start = [start]
+
+    def on_ready() -> None:  # the model is loaded: the rate and the time left count from here
+        progress.reset(total=progress.total)
+        tagging_start[0] = time.perf_counter()
+
     try:
         if pending and args.engine == "local":
-            run_local(job, pending, done, progress, args.threads, args.device)
+            run_local(job, pending, done, progress, args.threads, args.device, on_ready)
         elif pending:
             run_ray(job, pending, done, progress, args.actors, args.cpus_per_actor, args.gpus_per_actor)
     finally:
-        tagging_seconds = progress.format_dict["elapsed"]  # from the model load on (local engine), or from Ray's start
         progress.close()
     seconds = time.perf_counter() - start
+    tagging_seconds = time.perf_counter() - tagging_start[0]  # local engine: after the model load; ray: with Ray's start
     finished = sum(shard_finished(out, s["name"]) for s in job.shards)
     skipped = len(job.shards) - len(pending)
     per_second = 1 / tagging_seconds if tagging_seconds else 0.0

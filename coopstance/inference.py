@@ -128,11 +128,12 @@ def detect_language(text: str) -> str:
 _TITLES = {"M.", "MM.", "Mme.", "Mlle.", "Dr.", "Prof.", "Pr.", "Me.", "Mr.", "Mrs.", "Ms.", "St.", "Sr.", "Sra.", "Hr.", "Fr."}
 _CJK_OPEN_QUOTE, _CJK_CLOSE_QUOTE = "「『“‘", "」』”’"
 _GERMAN_ORDINAL = re.compile(r"(?:^|\s)\d{1,3}\.$")  # "dem 50. Jahrestag"
+_NUMBERS_ONLY = re.compile(r"(?:[0-9０-９]{1,4}[.．]\s*)+")  # a list number or a date written "2025. 3. 18." is no sentence
 
 
 def _merge_into_previous(previous: Span, current: Span, lang: str) -> bool:
     last_word = previous.text.rsplit(maxsplit=1)[-1]
-    if last_word in _TITLES:
+    if last_word in _TITLES or _NUMBERS_ONLY.fullmatch(previous.text):
         return True
     if lang == "de" and _GERMAN_ORDINAL.search(previous.text) and current.text[:1].isalpha():
         return True
@@ -157,12 +158,12 @@ def _is_one_quotation(text: str) -> bool:
 
 
 def _split_cjk_full_stops(span: Span) -> list[Span]:
-    """Split after 。！？ (and closing quotes) outside quotations: sentencex misses some ("。2025年…")."""
+    """Split after 。！？ (and closing quotes) outside quotations and brackets: sentencex misses some ("。2025年…")."""
     cuts, depth = [], 0
     for i, ch in enumerate(span.text):
-        if ch in _CJK_OPEN_QUOTE:
+        if ch in _CJK_OPEN_QUOTE or ch in "（(":
             depth += 1
-        elif ch in _CJK_CLOSE_QUOTE:
+        elif ch in _CJK_CLOSE_QUOTE or ch in "）)":
             depth = max(0, depth - 1)
         if depth == 0 and i + 1 < len(span.text) and (ch in "。！？" or ch in _CJK_CLOSE_QUOTE and span.text[i - 1:i] in "。！？"):
             if span.text[i + 1] not in _CJK_CLOSE_QUOTE + "）)。！？":
@@ -184,7 +185,8 @@ def segment(text: str, lang: str | None = None) -> list[Span]:
     Line breaks always end a sentence (headlines, bylines and datelines carry no full stop); within a line,
     sentencex (https://github.com/wikimedia/sentencex) splits for `lang` (ISO 639-1, detected from the script when
     None), and a few fix-ups merge or split where our tests showed it wrong (titles such as "M." and "Dr.", German
-    ordinals, CJK full stops before digits, CJK quotations with their attribution).
+    ordinals, list numbers and dates such as "2025. 3. 18.", CJK full stops before digits, CJK quotations with their
+    attribution).
     """
     from sentencex import get_sentence_boundaries
 

@@ -45,6 +45,7 @@ RECORD_SUFFIXES = (".jsonl", ".parquet")
 FORMATS = ("jsonl", "csv", "table")
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".csv": "csv", ".txt": "table"}
 ARTICLE_KEYS = ("id", "text", "lang")
+TEXT_ALIASES = ("body", "content", "article", "full_text", "fulltext", "txt", "texte", "text_body")  # for "Did you mean 'text'?"
 
 
 class InputError(ValueError):
@@ -104,7 +105,8 @@ def _article_from_record(raw: Any, where: str, lang: str | None) -> Article:
     if not isinstance(raw, dict):
         raise InputError(f'{where}: expected a JSON object such as {{"id": "a-1", "text": "..."}}, got {type(raw).__name__}')
     if "text" not in raw:
-        close = difflib.get_close_matches("text", [str(k) for k in raw], n=1, cutoff=0.5)
+        keys = [str(k) for k in raw]
+        close = [k for k in keys if k.lower() in TEXT_ALIASES] or difflib.get_close_matches("text", keys, n=1, cutoff=0.5)
         hint = f" Did you mean 'text' (found '{close[0]}')?" if close else f" (found fields: {', '.join(map(str, raw)) or 'none'})"
         raise InputError(f'{where}: record has no "text" field; each record needs {{"id": ..., "text": ...}}.{hint}')
     text = raw["text"]

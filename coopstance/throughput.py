@@ -78,41 +78,47 @@ def training_flops(model: PreTrainedModel, tokens: int, squared_lengths: int) ->
     return 6 * non_embedding * tokens + 12 * config.num_hidden_layers * config.hidden_size * squared_lengths
 
 
-def _reset_peak_memory(device: torch.device) -> None:
+def _proc_status_gb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> float | None:
+    """Restart the peak-memory count; return the memory in use now (GiB): GPU memory allocated by torch, or process RSS."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+        return torch.cuda.memory_allocated(device) / 2**30
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM) to the current one
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+    return _proc_status_gb("VmRSS")
 
 
 def peak_memory_gb(device: torch.device) -> tuple[float | None, str]:
     """(peak GiB since the last reset, what was measured)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30, "GPU memory allocated by torch"
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20, "process peak RSS"
-    except OSError:
-        pass
-    return None, "unavailable on this OS"
+    peak = _proc_status_gb("VmHWM")
+    return peak, "process peak RSS" if peak is not None else "unavailable on this OS"
 
 
 class ThroughputCallback(TrainerCallback):
     """Counts the tokens of every training batch (a forward pre-hook on the model) and times the training steps.
 
     Time spent evaluating, saving and logging is left out. Counts are per process; in DDP every process gets an
-    equal share of each batch, so the rates are this process's times the world size. The first
-    `skip_first_steps` steps (warm-up: allocation, kernel selection, compilation) are not counted.
+    equal share of each batch, so the rates are this process's times the world size. Memory: the peak, and how far it
+    rose above the level at the start of training (gradients, optimizer state, activations).
     """
 
-    def __init__(self, model: PreTrainedModel, device: torch.device, precision: str, world_size: int = 1,
-                 skip_first_steps: int = 0) -> None:
-        self.model, self.device, self.precision = model, device, precision
-        self.world_size, self.skip_first_steps = world_size, skip_first_steps
+    def __init__(self, model: PreTrainedModel, device: torch.device, precision: str, world_size: int = 1) -> None:
+        self.model, self.device, self.precision, self.world_size = model, device, precision, world_size
+        self.memory_at_start: float | None = None
         self.peak_flops: float | None = None
         self.peak_source = ""
         self._pending: list[torch.Tensor] = []  # per batch [tokens, sum of s^2], left on the device until a log
@@ -186,13 +192,14 @@ class ThroughputCallback(TrainerCallback):
             "precision": self.precision,
             "world_size": self.world_size,
             "peak_memory": memory_kind,
+            "memory_growth_gb": round(memory - self.memory_at_start, 3) if memory is not None and self.memory_at_start is not None else None,
         }
 
     # --- Trainer events -------------------------------------------------------------------------------------------
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.peak_flops, self.peak_source = device_peak_flops(self.device, self.precision)
-        _reset_peak_memory(self.device)
+        self.memory_at_start = reset_peak_memory(self.device)
         self._mark = time.perf_counter()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -200,9 +207,6 @@ class ThroughputCallback(TrainerCallback):
         self._interval_seconds += now - self._mark
         self._interval_steps += 1
         self._mark = now
-        if self.skip_first_steps and state.global_step == self.skip_first_steps:  # discard the warm-up steps
-            self._forget_interval()
-            _reset_peak_memory(self.device)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
@@ -221,11 +225,11 @@ class ThroughputCallback(TrainerCallback):
         self._hook.remove()
 
 
-def attach_throughput(trainer: Trainer, skip_first_steps: int = 0) -> ThroughputCallback:
+def attach_throughput(trainer: Trainer) -> ThroughputCallback:
     """Add a ThroughputCallback to `trainer`, ahead of the loggers, so that TensorBoard and the console get its figures."""
     args = trainer.args
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    callback = ThroughputCallback(trainer.model, args.device, precision, max(args.world_size, 1), skip_first_steps)
+    callback = ThroughputCallback(trainer.model, args.device, precision, max(args.world_size, 1))
     callbacks = trainer.callback_handler.callbacks
     # Trainer calls callbacks in list order and the reporters (TensorBoard, printer) come right after DefaultFlowCallback;
     # what on_log adds to the logs must be there before they write them.

@@ -13,16 +13,19 @@ batches, precision auto = bf16 on a GPU that has it, the speed keys of coopstanc
 Architectures are built from their configs with random weights (no weights can be downloaded; speed does not depend on
 them), except e5-small, read from models/. Batches are real training-split sentences (inputs built as the config
 builds them, context included), tokenized with the e5-small tokenizer where it is built, else with a WordPiece
-tokenizer trained on the corpus; token ids are folded into the architecture's vocabulary. Each repeat draws
-steps x batch sentences; every variant trains on the same ones, one pass, so token counts match exactly. Each variant
-first runs --warmup untimed steps (allocation, kernel choice, compilation). Repeats are interleaved, so a busy moment
-on a shared machine hits every variant alike; the table gives medians. Length grouping works on mega-batches of
-steps/4 batches here (in training: up to 50), so the bench understates what it saves.
+tokenizer trained on the corpus; token ids are folded into the architecture's vocabulary. Each repeat orders the whole
+training split as `train.group_by_length` does in training (transformers' length-grouped mega-batches) and draws
+--steps of its batches at random; variants with length grouping train on those batches, the others on the same
+sentences shuffled into random batches. So every variant sees exactly the same tokens, and the grouped batches are
+a fair sample of a real epoch's (the sampler puts long batches first in each mega-batch: the first steps of a run
+are not typical). Each variant first runs --warmup untimed steps (allocation, kernel choice, compilation). Repeats
+are interleaved, so a busy moment on a shared machine hits every variant alike; the table gives medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -47,6 +50,7 @@ from transformers import (
     TrainingArguments,
     XLMRobertaConfig,
 )
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from coopstance.config import ConfigError, RunConfig, load_config
 from coopstance.data import load_records, load_splits, split_records
@@ -128,17 +132,31 @@ def build_model(arch: str, attention: str | None, freeze_word_embeddings: bool, 
 
 
 def training_arguments(variant: str, cfg: RunConfig, output_dir: str, steps: int, batch_size: int, use_cpu: bool) -> TrainingArguments:
+    # "sequential": the bench has already put the sentences in the order of the variant's sampler (draw_batches)
     common = {"output_dir": output_dir, "max_steps": steps, "per_device_train_batch_size": batch_size, "report_to": "none",
-              "save_strategy": "no", "eval_strategy": "no", "logging_strategy": "no", "disable_tqdm": True, "use_cpu": use_cpu, "seed": 0}
+              "save_strategy": "no", "eval_strategy": "no", "logging_strategy": "no", "disable_tqdm": True, "use_cpu": use_cpu, "seed": 0,
+              "train_sampling_strategy": "sequential"}
     if variant == "plain":
         return TrainingArguments(**common)
     bf16, fp16 = resolve_precision(cfg.train.precision)
     t = cfg.train
     return TrainingArguments(
         **common, learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, bf16=bf16, fp16=fp16,
-        dataloader_num_workers=t.dataloader_num_workers, train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        **speed_arguments(cfg, use_cpu),
+        dataloader_num_workers=t.dataloader_num_workers, **speed_arguments(cfg, use_cpu),
     )
+
+
+def draw_batches(lengths: list[int], batch_size: int, steps: int, seed: int) -> tuple[list[int], list[int]]:
+    """The same steps x batch_size sentence indices twice: in length-grouped batches as training makes them, and shuffled."""
+    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+    batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    rng = np.random.default_rng(seed)
+    grouped = [i for b in rng.choice(len(batches), steps, replace=steps > len(batches)) for i in batches[b]]
+    return grouped, [int(i) for i in rng.permutation(grouped)]
+
+
+def grouped(variant: str, cfg: RunConfig) -> bool:
+    return variant != "plain" and cfg.train.group_by_length
 
 
 def run_once(variant: str, cfg: RunConfig, model: PreTrainedModel, items: list[dict[str, Any]], collator: DataCollatorWithPadding,
@@ -151,7 +169,13 @@ def run_once(variant: str, cfg: RunConfig, model: PreTrainedModel, items: list[d
         trainer.remove_callback(PrinterCallback)  # the table is the output, not Trainer's end-of-run log line
         throughput = attach_throughput(trainer)
         trainer.train()
-        return throughput.summary()
+        summary = throughput.summary()
+    if not use_cpu:  # only the variant being measured stays on the GPU, so that its peak memory is its own
+        model.to("cpu")
+        del trainer
+        gc.collect()
+        torch.cuda.empty_cache()
+    return summary
 
 
 def cpu_name() -> str:
@@ -184,15 +208,16 @@ def bench(arch: str, variants: list[str], steps: int, warmup: int, repeats: int,
     collator = DataCollatorWithPadding(tokenizer)  # dynamic padding, as in training
     models = {v: build_model(arch, None if v == "plain" else c.model.attention, v != "plain" and c.model.freeze_word_embeddings,
                              schema.num_labels) for v, c in configs.items()}
-    rng = np.random.default_rng(0)
-    for v in variants:  # untimed warm-up
-        sample = [items[i] for i in rng.choice(len(items), warmup * batch_size)]
-        run_once(v, configs[v], models[v], sample, collator, schema.num_topics, batch_size, use_cpu)
+    lengths = [len(item["input_ids"]) for item in items]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    for repeat in range(repeats):
-        sample = [items[i] for i in np.random.default_rng(repeat + 1).choice(len(items), steps * batch_size, replace=len(items) < steps * batch_size)]
+    for repeat in range(-1, repeats):  # repeat -1: the untimed warm-up
+        in_groups, shuffled = draw_batches(lengths, batch_size, warmup if repeat < 0 else steps, seed=repeat + 1)
         for v in variants:
-            runs[v].append(run_once(v, configs[v], models[v], sample, collator, schema.num_topics, batch_size, use_cpu))
+            sample = [items[i] for i in (in_groups if grouped(v, configs[v]) else shuffled)]
+            result = run_once(v, configs[v], models[v], sample, collator, schema.num_topics, batch_size, use_cpu)
+            if repeat < 0:
+                continue
+            runs[v].append(result)
             print(f"[bench-train] repeat {repeat + 1}/{repeats} {v}: {runs[v][-1].get('samples_per_second')} samples/s", file=sys.stderr)
     model = models[variants[0]]
     return {
@@ -200,42 +225,45 @@ def bench(arch: str, variants: list[str], steps: int, warmup: int, repeats: int,
         "non_embedding_parameters": model.num_parameters(exclude_embeddings=True), "steps": steps, "warmup": warmup,
         "repeats": repeats, "batch_size": batch_size, "max_length": base.model.max_length,
         "context_sentences": base.data.context_sentences, "tokenizer": tokenizer_name, "hardware": hardware(),
-        "variants": {v: _medians(r) for v, r in runs.items()},
+        "reference": variants[0],
+        "variants": {v: _medians(r, runs[variants[0]]) for v, r in runs.items()},
     }
 
 
-def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("samples_per_second", "tokens_per_second", "padding_share", "mfu", "peak_memory_gb", "model_tflops_per_second")
+def _medians(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("samples_per_second", "tokens_per_second", "padding_share", "mfu", "peak_memory_gb", "memory_growth_gb", "model_tflops_per_second")
     out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys if all(r.get(k) is not None for r in runs)}
     out["samples_per_second_runs"] = [r["samples_per_second"] for r in runs]
+    # ratio within each repeat (same sentences, same moment on a shared machine), then the median
+    out["speedup"] = statistics.median(r["samples_per_second"] / ref["samples_per_second"] for r, ref in zip(runs, reference))
     for k in ("precision", "peak_source", "peak_memory", "device"):
         out[k] = runs[0].get(k)
     return out
 
 
 def format_table(result: dict[str, Any]) -> str:
-    variants = result["variants"]
-    first = next(iter(variants))
-    reference = variants["plain"]["samples_per_second"] if "plain" in variants else variants[first]["samples_per_second"]
-    label = "plain" if "plain" in variants else first
-    any_row = next(iter(variants.values()))
+    variants, label = result["variants"], result["reference"]
+    any_row = variants[label]
     lines = [
         f"architecture: {result['arch']} ({result['parameters'] / 1e6:.1f}M parameters, {result['non_embedding_parameters'] / 1e6:.1f}M "
         f"non-embedding), settings of {result['config']}",
         f"batches: {result['batch_size']} training-split sentences, max_length {result['max_length']}, context {result['context_sentences']}, "
         f"tokenized with {result['tokenizer']}",
-        f"hardware: {result['hardware']}; MFU against {any_row.get('peak_source')}; peak memory = {any_row.get('peak_memory')}",
-        f"{result['steps']} timed steps after {result['warmup']} warm-up steps, median of {result['repeats']} interleaved repeats",
+        f"hardware: {result['hardware']}; MFU against {any_row.get('peak_source')}",
+        f"{result['steps']} timed steps after {result['warmup']} warm-up steps, median of {result['repeats']} interleaved repeats; "
+        f"vs {label}: median of the per-repeat ratios of samples/s; tokens/s: non-padding tokens; peak GiB: {any_row.get('peak_memory')}, "
+        "+train GiB: its rise during training",
         "",
-        f"| {'variant':<44} | precision | samples/s | tokens/s | padding |    MFU | peak mem GiB | vs {label:<5} | samples/s runs |",
-        f"|{'-' * 46}|-----------|----------:|---------:|--------:|-------:|-------------:|---------:|----------------|",
+        f"| {'variant':<44} | precision | samples/s | tokens/s | padding |    MFU | peak GiB | +train GiB | vs {label:<5} | samples/s runs |",
+        f"|{'-' * 46}|-----------|----------:|---------:|--------:|-------:|---------:|-----------:|---------:|----------------|",
     ]
     for name, row in variants.items():
         mfu = f"{row['mfu']:.2%}" if row.get("mfu") is not None else "-"
-        memory = f"{row['peak_memory_gb']:.2f}" if row.get("peak_memory_gb") is not None else "-"
+        peak = f"{row['peak_memory_gb']:.2f}" if row.get("peak_memory_gb") is not None else "-"
+        growth = f"{row['memory_growth_gb']:.2f}" if row.get("memory_growth_gb") is not None else "-"
         runs = " ".join(f"{r:.1f}" for r in row["samples_per_second_runs"])
         lines.append(f"| {name:<44} | {row['precision']:<9} | {row['samples_per_second']:9.1f} | {row['tokens_per_second']:8.0f} | "
-                     f"{row['padding_share']:7.1%} | {mfu:>6} | {memory:>12} | {row['samples_per_second'] / reference:7.2f}x | {runs} |")
+                     f"{row['padding_share']:7.1%} | {mfu:>6} | {peak:>8} | {growth:>10} | {row['speedup']:7.2f}x | {runs} |")
     return "\n".join(lines)
 
 

@@ -155,10 +155,9 @@ def summary_block(results: dict[str, Any]) -> str:
                      f"{r['steps']} steps, median of {r['repeats']}):")
         variants = r["variants"]
         for name, row in variants.items():
-            ratio = row["samples_per_second"] / variants["plain"]["samples_per_second"] if "plain" in variants else 1.0
             lines.append(f"  {name:<6} {row['precision']:<5} {row['samples_per_second']:8.1f} samples/s {row['tokens_per_second']:9.0f} tokens/s "
                          f"padding {row['padding_share']:.1%}  MFU {_percent(row.get('mfu'))}  peak {row.get('peak_memory_gb') or 0:.2f} GiB  "
-                         f"{ratio:.2f}x")
+                         f"{row['speedup']:.2f}x")
     else:
         lines.append(f"bench-train: {bench.get('note') or 'FAILED'}")
     train = steps.get("train", {})

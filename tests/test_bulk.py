@@ -133,7 +133,7 @@ def test_rows_are_the_taggers_records_with_the_carried_columns(local_output, mod
 
 def test_bad_articles_go_to_the_errors_table_with_their_reason(local_output, archive):
     output, _ = local_output
-    errors = pd.read_parquet(output / "errors").to_dict("records")
+    errors = pq.read_table(output / "errors").to_pylist()
     assert [(e["line"], e["article_id"]) for e in errors] == [(position + 1, article_id) for position, _, article_id, _ in BAD_LINES]
     for error, (_, _, _, reason) in zip(errors, BAD_LINES):
         assert reason in error["reason"] and error["file"] == str((archive / "a.jsonl").resolve())

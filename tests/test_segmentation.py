@@ -64,6 +64,9 @@ LIBRARY_MISTAKES = [
     ("ja", "指摘が多い。2025年に始まった。", ["指摘が多い。", "2025年に始まった。"]),  # full stop before a digit
     ("zh", "“我们会回应。”发言人说。", ["“我们会回应。”发言人说。"]),  # quotation with its attribution
     ("ja", "彼は「協力する。」と述べた。", ["彼は「協力する。」と述べた。"]),
+    ("ko", "2025. 3. 18.(화) 산업통상자원부 국가기술표준원", ["2025. 3. 18.(화) 산업통상자원부 국가기술표준원"]),  # a date
+    ("ko", "1. 배경", ["1. 배경"]),  # a list number
+    ("ja", "１．問題の所在", ["１．問題の所在"]),
 ]
 
 
@@ -78,6 +81,11 @@ def test_fixups_correct_what_sentencex_gets_wrong(lang, text, expected):
 def test_a_quotation_inside_a_cjk_sentence_is_not_split():
     text = "ヴェーバーさんは「政治の話はよく分からない。ただ、誇りだ」と語った。次の文。"
     assert split_sentences(text, "ja") == ["ヴェーバーさんは「政治の話はよく分からない。ただ、誇りだ」と語った。", "次の文。"]
+
+
+def test_a_bracketed_note_in_japanese_is_one_sentence():
+    assert split_sentences("本文だ。（筆者は主任研究員。本稿の見解は筆者個人のものである）", "ja") == [
+        "本文だ。", "（筆者は主任研究員。本稿の見解は筆者個人のものである）"]
 
 
 def test_seed_article_splits_into_its_12_gold_sentences():
