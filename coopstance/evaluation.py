@@ -177,8 +177,9 @@ def overlap_warnings(target: list[Record], training: dict[str, list[Record]], al
             raise EvaluationError(message)
         warnings.append(message.replace("\n  ", "; ").replace("\n", " "))
     train_texts = {normalize_text(r.text): r.where for r in training["train"]}
-    copied = [(r.where, train_texts[normalize_text(r.text)]) for r in target
-              if normalize_text(r.text) in train_texts and _file_of(r.where) != _file_of(train_texts[normalize_text(r.text)])]
+    train_texts.pop("", None)  # a sentence without letters or digits matches nothing
+    copied = [(r.where, train_texts[key]) for r in target
+              if (key := normalize_text(r.text)) in train_texts and _file_of(r.where) != _file_of(train_texts[key])]
     if copied:
         warnings.append(f"{len(copied)} evaluated sentence(s) have the same text as a training sentence (e.g. {copied[0][0]} = "
                         f"{copied[0][1]}): the model has seen them; remove them for a held-out score.")
@@ -362,7 +363,8 @@ def run_evaluation(
         metrics["baseline_note"] = "baseline switched off (--no-baseline)"
     elif training_splits is None:
         metrics["baseline_note"] = f"no baseline: {training_unavailable}"
-        warnings.append(f"No baseline beside the model: {training_unavailable}.")
+        if info.training is not None:  # else read_model_info has said so already
+            warnings.append(f"No baseline beside the model: {training_unavailable}.")
     else:
         from coopstance.baseline import TfidfBaseline
 

@@ -152,7 +152,7 @@ Tags the sentences of news articles in {', '.join(languages)} with the **coopera
 - **For:** tagging news sentences for research on technology and trade cooperation, and counting topics and stances
   over many articles; finding sentences for a person to read.
 - **Not for:** decisions about individual people or organisations, or any automated decision without a human check;
-  text far from news (social media, legal text) without first evaluating on an annotated sample of it
+  text far from news writing (legal text, long reports, transcripts) without first evaluating on an annotated sample of it
   (`python eval/evaluate.py MODEL --sources your_sample.jsonl --split all`).
 - **Limits:** the training corpus is small ({sum(v['articles'] for v in counts.get('train', {}).values())} training articles) and
   was written for the project (original, news-style text), so expect lower scores on real feeds. Per-language and

@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
     parser.add_argument("--sentences-per-request", type=int, default=1)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per server (default 1: the load generator needs a core too, and torch with more threads "
+                             "than free cores waits on itself)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take before it counts as an error")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds one run may take; unsent requests count as errors")
     args = parser.parse_args()
@@ -124,8 +127,8 @@ def main() -> None:
         else:
             model_dir, label = tiny_model_dir([r.text for r in records], Path(tmp) / "model"), "tiny random-init BERT (configs/tiny.yaml)"
         modes = {
-            f"batching on (wait {args.batch_wait_ms:g} ms)": ["--batch-wait-ms", str(args.batch_wait_ms)],
-            "batching off (--no-batching)": ["--no-batching"],
+            f"batching on (wait {args.batch_wait_ms:g} ms)": ["--batch-wait-ms", str(args.batch_wait_ms), "--threads", str(args.threads)],
+            "batching off (--no-batching)": ["--no-batching", "--threads", str(args.threads)],
         }
         servers = {name: start_server(model_dir, Path(tmp) / f"server{i}.log", *flags) for i, (name, flags) in enumerate(modes.items())}
         try:
@@ -145,8 +148,8 @@ def main() -> None:
     median = {name: {key: statistics.median(r[key] for r in rs) for key in ("rps", "p50", "p95", "p99")} for name, rs in runs.items()}
     print(f"model: {label}; {args.clients} concurrent clients, {args.requests:,} requests of {k} sentence(s) per run, "
           f"median of {args.repeats} interleaved runs per mode")
-    print(f"hardware: {cpu_name()}, {available_cpus()} CPU(s) available ({os.cpu_count()} visible), shared by the servers and the "
-          f"load generator; loopback HTTP\n")
+    print(f"hardware: {cpu_name()}, {available_cpus()} CPU(s) available ({os.cpu_count()} visible), shared by the server ({args.threads} "
+          f"thread(s)) and the load generator; loopback HTTP\n")
     print(f"| {'mode':<30} | requests/s | p50 ms | p95 ms | p99 ms | errors | requests per model call |")
     print(f"|{'-' * 32}|-----------:|-------:|-------:|-------:|-------:|------------------------:|")
     for name in runs:

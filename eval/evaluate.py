@@ -52,8 +52,9 @@ def main(argv: list[str]) -> int:
     if evaluation.own_test_split and evaluation.training_splits is not None:
         from coopstance.modelcard import write_model_card
 
+        shown = folder.resolve().relative_to(Path.cwd()) if folder.resolve().is_relative_to(Path.cwd()) else folder
         card = write_model_card(evaluation.info.model_dir, evaluation.training_splits, metrics["model_scores"], metrics.get("baseline_scores"),
-                                f"`make evaluate` (report `{folder.name}/report.md` beside the model folder)")
+                                f"`make evaluate` (the full report: `{shown / 'report.md'}`)")
         print(f"model card refreshed: {card}")
     return 0
 

@@ -33,7 +33,8 @@ def model_dir(trained_run):
 def server(model_dir, tmp_path_factory):
     args = [f"--{name.replace('_', '-')}={value}" for name, value in LIMITS.items()]
     # A long batching wait makes the batching test deterministic on a busy machine.
-    with running_server(model_dir, tmp_path_factory.mktemp("serve") / "server.log", *args, "--batch-wait-ms", "50") as server:
+    # One model thread: on a shared 2-core machine, torch with 2 threads waits on itself (20x slower when busy).
+    with running_server(model_dir, tmp_path_factory.mktemp("serve") / "server.log", *args, "--batch-wait-ms", "50", "--threads", "1") as server:
         yield server
         assert server.alive(), server.log_tail()
 

@@ -17,8 +17,10 @@ from conftest import REPO
 from serve_server import running_server
 
 SEED = REPO / "seeds" / "trade_ministers_us_japan_korea.de.txt"
-JA = "日米韓の経済閣僚が初会合\n日米韓の経済閣僚は水曜日、ワシントンで初めて会合を開いた。半導体や重要鉱物のサプライチェーン強化で協力することで一致した。「中国への依存を減らす」と述べた。"
-KO = "한미일 산업장관 첫 회의\n한미일 산업장관들이 수요일 워싱턴에서 처음으로 만났다. 세 나라는 반도체와 배터리 공급망 협력을 강화하기로 했다. 중국은 이에 반발했다."
+JA = ("日米韓の経済閣僚が初会合\n日米韓の経済閣僚は水曜日、ワシントンで初めて会合を開いた。"
+      "半導体や重要鉱物のサプライチェーン強化で協力することで一致した。「中国への依存を減らす」と述べた。")
+KO = ("한미일 산업장관 첫 회의\n한미일 산업장관들이 수요일 워싱턴에서 처음으로 만났다. "
+      "세 나라는 반도체와 배터리 공급망 협력을 강화하기로 했다. 중국은 이에 반발했다.")
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium") if p and Path(p).is_file()), None)
 
 try:
@@ -35,7 +37,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
     cfg, _ = trained_run
-    with running_server(cfg.run_dir / "model", tmp_path_factory.mktemp("serve") / "server.log", "--max-chars-per-article", "5000") as server:
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with running_server(cfg.run_dir / "model", log, "--max-chars-per-article", "5000", "--threads", "1") as server:
         yield server
 
 
