@@ -12,7 +12,7 @@ STUDY_CONFIG ?= configs/e5-small.yaml
 STUDY_BUDGET ?= train.epochs=2
 FOLDS ?= 5
 
-.PHONY: help install encoder train evaluate xling ablate-context cv predict demo smoke test test-all lint data-check bench-inference bench-train bench-bulk gpu-check clean-demo
+.PHONY: help install encoder train evaluate xling ablate-context cv predict demo smoke test test-all lint data-check bench-inference bench-train bench-bulk bench-serve gpu-check clean-demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ install: ## create .venv and install the package with its test tools
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev,ray]"
+	@# Debian's chromium for tests/test_serve_browser.py (skipped without it); Playwright drives it, no browser download
+	@if command -v chromium >/dev/null; then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "warning: apt-get could not install chromium"; \
+	else echo "note: no chromium; the browser test will be skipped (as root: apt-get install chromium)"; fi
 
 train: ## fine-tune CONFIG (default mbert) with ARGS overrides; NPROC=8 for 8 GPUs
 ifeq ($(NPROC),1)
@@ -76,6 +80,9 @@ bench-inference: ## CPU sentences/s: transformers pipeline vs Tagger torch/ONNX/
 
 bench-bulk: ## tag-corpus articles/s and sentences/s: local engine vs Ray with 1 and 2 actors (tiny model; ARGS="--articles 2000")
 	$(PY) eval/bench_bulk.py $(ARGS)
+
+bench-serve: ## coopstance serve on loopback: requests/s, p50/p95/p99 with batching on vs off, errors (tiny model; ARGS="--model DIR")
+	$(PY) eval/bench_serve.py $(ARGS)
 
 bench-train: ## training samples/s, tokens/s, MFU, memory: Trainer defaults vs our settings (small arch on CPU; ARGS="--arch mbert-size")
 	$(PY) eval/bench_train.py $(ARGS)

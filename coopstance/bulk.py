@@ -31,11 +31,12 @@ identical to that of an uninterrupted run. Changed settings (model, inputs, shar
 naming the keys; --overwrite starts afresh.
 
 Engines: `local` tags shard after shard in this process (the Tagger batches sentences sorted by length). `ray` runs a
-Ray Data pipeline, files -> shards (flat_map) -> an actor pool with one Tagger per actor (map_batches, one shard per
-call) -> the driver, which writes each shard as it arrives. It uses `ray.init()`: a local Ray, or the cluster named
-by RAY_ADDRESS. A shard is tagged by the same function with the same batches in both engines, so their outputs are
-byte-identical. Inputs are opened by the workers: on a cluster, the input files and the model folder must be at the
-same path on every node (a shared filesystem). Needs `pip install -e ".[ray]"`.
+Ray Data pipeline: the shard plan (one block per shard) -> map_batches on an actor pool with one Tagger per actor,
+which reads its shard (a seek into the file) and tags it -> the driver, which writes each shard as it arrives. It
+uses `ray.init()`: a local Ray, or the cluster named by RAY_ADDRESS. A shard is read and tagged by the same functions
+with the same batches in both engines, so their outputs are byte-identical (a different --batch-size can change the
+last digit of a score: padding changes the float sums). On a cluster the actors open the input files and the model
+folder: both must be at the same path on every node (a shared filesystem). Needs `pip install -e ".[ray]"`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import difflib
 import glob
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -57,7 +59,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from coopstance.inference import BACKENDS, Article, ArticleResult, Tagger, available_cpus
+from coopstance.inference import BACKENDS, ONNX_FILES, Article, ArticleResult, Tagger, available_cpus
 
 ENGINES = ("local", "ray")
 TABLES = ("sentences", "articles", "errors")
@@ -91,7 +93,7 @@ class Job:
     lang: str | None
     files: list[dict[str, Any]]  # {"path", "bytes", "records"} in shard-number order
     carried_columns: list[str]  # input column names, in order of first appearance
-    shards: list[dict[str, Any]]  # {"name", "file", "first", "count"}
+    shards: list[dict[str, Any]]  # {"name", "file", "first", "count", "line", "offset", "problem"}: see plan_job
 
     def carried_names(self) -> dict[str, str]:
         """Input column -> output column."""
@@ -136,60 +138,91 @@ def expand_inputs(specs: list[str]) -> tuple[list[str], list[str]]:
     return unique, errors
 
 
-def iter_records(path: str, stream: IO[bytes]) -> Iterator[tuple[int | None, Any, str | None]]:
-    """(line or row number, raw record, problem) for each record of a JSONL file (each non-blank line) or Parquet
-    file (each row). A line that is not UTF-8 or not JSON is a record with a problem; so is an unreadable Parquet
-    file, as one record without a number."""
-    if path.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(stream)
-            row = 0
-            for batch in parquet.iter_batches(batch_size=1024):
-                for raw in batch.to_pylist():
-                    row += 1
-                    yield row, raw, None
-        except Exception as err:  # pyarrow raises several types for a broken file
-            yield None, None, f"not a readable Parquet file ({err})"
-        return
-    for line_no, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8-sig" if line_no == 1 else "utf-8")
-        except UnicodeDecodeError as err:
-            yield line_no, None, (f"not UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); convert the file to UTF-8, "
-                                  "e.g. `iconv -f latin1 -t utf-8`")
-            continue
-        try:
-            yield line_no, json.loads(text), None
-        except json.JSONDecodeError as err:
-            yield line_no, None, f"not valid JSON ({err.msg} at column {err.colno}); each line must be one JSON object"
-
-
-def _open_records(path: str) -> Iterator[tuple[int | None, Any, str | None]]:
+def _decode(line: bytes, line_no: int) -> tuple[Any, str | None]:
     try:
-        with open(path, "rb") as stream:
-            yield from iter_records(path, stream)
-    except OSError as err:
-        yield None, None, f"cannot read the file ({err.strerror})"
+        text = line.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at column {err.colno}); each line must be one JSON object"
+
+
+def jsonl_records(stream: IO[bytes], line_no: int = 1) -> Iterator[tuple[int, int, Any, str | None]]:
+    """(line number, byte offset, raw record, problem) for each non-blank line, from the stream's position on (which
+    is line `line_no`). A line that is not UTF-8 or not JSON is a record with a problem."""
+    offset = stream.tell()
+    for line in stream:
+        if line.strip():
+            yield (line_no, offset, *_decode(line, line_no))
+        offset += len(line)
+        line_no += 1
+
+
+# One decoded row group per process: the shards of a Parquet file share its row groups (pyarrow writes up to a million
+# rows in one), so each process decodes a row group once, not once per shard.
+_row_group_cache: dict[str, Any] = {}
+
+
+def parquet_records(path: str, first: int, count: int) -> Iterator[tuple[int, Any]]:
+    """(row number, raw record) for rows first .. first+count-1 (0-based), decoding only the row groups that hold them."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    start = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if start < first + count and start + rows > first:
+            key = (path, os.stat(path).st_mtime_ns, group)
+            if _row_group_cache.get("key") != key:
+                _row_group_cache.clear()  # free the previous row group before decoding the next
+                _row_group_cache.update(key=key, table=parquet.read_row_group(group))
+            low, high = max(first, start) - start, min(first + count, start + rows) - start
+            for i, raw in enumerate(_row_group_cache["table"].slice(low, high - low).to_pylist()):
+                yield start + low + i + 1, raw
+        start += rows
+
+
+def is_parquet(path: str) -> bool:
+    return path.lower().endswith(".parquet")
 
 
 def plan_job(files: list[str], model: str, backend: str, batch_size: int, shard_size: int, max_chars: int, lang: str | None) -> Job:
-    """Count the records of every file (a full read: it also collects the carried column names) and cut shards."""
+    """Read every file once: count its records, note where each shard starts (line and byte offset, so that a shard
+    is read on its own), and collect the carried column names. An unreadable file is one shard with its problem."""
     file_rows: list[dict[str, Any]] = []
     shards: list[dict[str, Any]] = []
     carried: dict[str, None] = {}
     for index, path in enumerate(files):
-        count = 0
-        for _, raw, _ in _open_records(path):
-            count += 1
-            if isinstance(raw, dict) and "id" in raw and "text" in raw:  # a record that cannot be an article adds no column
-                carried.update(dict.fromkeys(k for k in raw if k not in ARTICLE_KEYS and isinstance(k, str)))
-        file_rows.append({"path": path, "bytes": Path(path).stat().st_size, "records": count})
-        for chunk, first in enumerate(range(0, count, shard_size)):
-            shards.append({"name": shard_name(index, chunk), "file": path, "first": first, "count": min(shard_size, count - first)})
+        starts: list[tuple[int, int | None]] = []  # (line or row number, byte offset) of the first record of each shard
+        count, problem, keys = 0, None, {}
+        try:
+            if is_parquet(path):  # the footer has the row count and the columns
+                import pyarrow.parquet as pq
+
+                parquet = pq.ParquetFile(path)
+                count = parquet.metadata.num_rows
+                starts = [(first + 1, None) for first in range(0, count, shard_size)]
+                names = parquet.schema_arrow.names
+                keys = dict.fromkeys(k for k in names if k not in ARTICLE_KEYS) if "id" in names and "text" in names else {}
+            else:
+                with open(path, "rb") as stream:
+                    for line, offset, raw, _ in jsonl_records(stream):
+                        if count % shard_size == 0:
+                            starts.append((line, offset))
+                        count += 1
+                        if isinstance(raw, dict) and "id" in raw and "text" in raw:  # a record that cannot be an article adds no column
+                            keys.update(dict.fromkeys(k for k in raw if k not in ARTICLE_KEYS and isinstance(k, str)))
+        except (OSError, ValueError) as err:  # pyarrow's errors for a broken file are OSError or ValueError subclasses
+            problem = f"cannot read the file ({err})" if isinstance(err, OSError) else f"not a readable Parquet file ({err})"
+            starts, count = [(0, None)], 1
+        carried.update(keys)
+        file_rows.append({"path": path, "bytes": Path(path).stat().st_size if Path(path).exists() else None, "records": count})
+        for chunk, (line, offset) in enumerate(starts):
+            first = chunk * shard_size
+            shards.append({"name": shard_name(index, chunk), "file": path, "first": first, "count": min(shard_size, count - first),
+                           "line": line, "offset": offset, "problem": problem})
     config = Path(model) / "config.json"
     return Job(model=str(Path(model).resolve()), model_config_sha256=hashlib.sha256(config.read_bytes()).hexdigest(), backend=backend,
                batch_size=batch_size, shard_size=shard_size, max_chars=max_chars, lang=lang, files=file_rows,
@@ -205,25 +238,30 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def iter_payloads(path: str, file_index: int, shard_size: int, wanted: set[str]) -> Iterator[dict[str, Any]]:
-    """The shards of one file that are in `wanted`, as {"shard", "file", "records": JSON list of [line, raw, problem]}.
+def read_shard(shard: dict[str, Any]) -> dict[str, Any]:
+    """The shard's records as {"shard", "file", "records": JSON list of [line, raw, problem]}.
 
-    Both engines go through this JSON text (Ray ships it to the actors), so a shard reaches the tagger as the same
-    values whichever engine runs."""
-    chunk, batch = 0, []
-    for record in _open_records(path):
-        batch.append(record)
-        if len(batch) == shard_size:
-            if shard_name(file_index, chunk) in wanted:
-                yield _payload(path, file_index, chunk, batch)
-            chunk, batch = chunk + 1, []
-    if batch and shard_name(file_index, chunk) in wanted:
-        yield _payload(path, file_index, chunk, batch)
-
-
-def _payload(path: str, file_index: int, chunk: int, records: list[tuple[int | None, Any, str | None]]) -> dict[str, Any]:
-    return {"shard": shard_name(file_index, chunk), "file": path,
-            "records": json.dumps(records, ensure_ascii=False, default=_json_default)}
+    Both engines call this (the Ray engine in its actors) and hand the JSON text to `tag_shard`, so a shard reaches
+    the tagger as the same values, Parquet dates included, whichever engine runs."""
+    path = shard["file"]
+    records: list[tuple[int | None, Any, str | None]] = []
+    if shard["problem"]:
+        records.append((None, None, shard["problem"]))
+    else:
+        try:
+            if is_parquet(path):
+                records = [(row, raw, None) for row, raw in parquet_records(path, shard["first"], shard["count"])]
+            else:
+                with open(path, "rb") as stream:
+                    stream.seek(shard["offset"])
+                    lines = itertools.islice(jsonl_records(stream, shard["line"]), shard["count"])
+                    records = [(line, raw, problem) for line, _, raw, problem in lines]
+        except (OSError, ValueError) as err:
+            records.append((None, None, f"cannot read the file any more ({err})"))
+        if len(records) < shard["count"]:
+            records.append((None, None, f"expected {shard['count']} records from line/row {shard['line']} on, found {len(records)}: the file "
+                            "changed after the job was planned; start afresh with --overwrite"))
+    return {"shard": shard["name"], "file": path, "records": json.dumps(records, ensure_ascii=False, default=_json_default)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,6 +346,7 @@ def tag_shard(tagger: Tagger, payload: dict[str, Any], settings: dict[str, Any],
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    started_at = time.time()
     file = payload["file"]
     articles: list[Article] = []
     lines: list[int | None] = []
@@ -340,6 +379,7 @@ def tag_shard(tagger: Tagger, payload: dict[str, Any], settings: dict[str, Any],
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=schemas[name]), buffer, compression="zstd")
         out[name] = buffer.getvalue()
+    out["started_at"], out["finished_at"] = started_at, time.time()  # wall clock, for throughput without start-up costs
     return out
 
 
@@ -430,26 +470,23 @@ def run_local(job: Job, pending: set[str], done: Callable[[dict[str, Any]], None
     tagger = Tagger(job.model, backend=job.backend, device=device, batch_size=job.batch_size, num_threads=threads)
     on_ready()
     settings = job.tagging_settings()
-    for index, file in enumerate(job.files):
-        for payload in iter_payloads(file["path"], index, job.shard_size, pending):
-            counted = 0
+    for planned in job.shards:
+        if planned["name"] not in pending:
+            continue
+        counted = 0
 
-            def count() -> None:
-                nonlocal counted
-                counted += 1
-                progress.update(1)
+        def count() -> None:
+            nonlocal counted
+            counted += 1
+            progress.update(1)
 
-            shard = tag_shard(tagger, payload, settings, on_article=count)
-            progress.update(shard["n_records"] - counted)
-            done(shard)
-
-
-def _file_payloads(row: dict[str, Any], shard_size: int, wanted: list[str]) -> Iterator[dict[str, Any]]:
-    yield from iter_payloads(row["path"], row["file_index"], shard_size, set(wanted))
+        shard = tag_shard(tagger, read_shard(planned), settings, on_article=count)
+        progress.update(shard["n_records"] - counted)
+        done(shard)
 
 
 class ShardTagger:
-    """A Ray Data actor: one Tagger, loaded once, tags one shard per call."""
+    """A Ray Data actor: one Tagger, loaded once; reads and tags one shard per call."""
 
     def __init__(self, settings: dict[str, Any], threads: int, device: str | None) -> None:
         from transformers.utils import logging as hf_logging
@@ -461,7 +498,7 @@ class ShardTagger:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        shards = [tag_shard(self.tagger, payload, self.settings) for payload in batch.to_pylist()]
+        shards = [tag_shard(self.tagger, read_shard(planned), self.settings) for planned in batch.to_pylist()]
         columns: dict[str, Any] = {key: [s[key] for s in shards] for key in shards[0]}
         binary = {table: pa.array(columns.pop(table), pa.large_binary()) for table in TABLES}
         return pa.table({**columns, **binary})
@@ -484,14 +521,13 @@ def run_ray(job: Job, pending: set[str], done: Callable[[dict[str, Any]], None],
         context.enable_progress_bars = False  # ours counts articles
         if actors is None:
             actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
-        pending_files = {s["file"] for s in job.shards if s["name"] in pending}
-        files = [{"file_index": i, "path": f["path"]} for i, f in enumerate(job.files) if f["path"] in pending_files]
+        shards = [s for s in job.shards if s["name"] in pending]
         threads = max(1, int(cpus_per_actor))
         device = "cuda" if gpus_per_actor else "cpu"
+        # The dataset is the shard plan, one block per shard, so that the pool hands shards to idle actors one by one
+        # (a whole file in one block would go to one actor); each actor reads its shard (a seek) and tags it.
         dataset = (
-            ray.data.from_items(files, override_num_blocks=max(1, len(files)))
-            # Reading is light; with num_cpus=0 it is never starved by an actor pool that holds every CPU.
-            .flat_map(_file_payloads, fn_kwargs={"shard_size": job.shard_size, "wanted": sorted(pending)}, num_cpus=0)
+            ray.data.from_items(shards, override_num_blocks=len(shards))
             .map_batches(ShardTagger, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                          fn_constructor_kwargs={"settings": job.tagging_settings(), "threads": threads, "device": device},
                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
@@ -547,12 +583,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not (Path(args.model) / "config.json").is_file():
         return _error(f"{args.model}: no exported model here (config.json missing); pass <run folder>/model (`make train` or `make demo` writes it)")
+    if args.backend in ONNX_FILES and not (Path(args.model) / ONNX_FILES[args.backend]).is_file():
+        flag = " --int8" if args.backend == "onnx-int8" else ""
+        return _error(f"{Path(args.model) / ONNX_FILES[args.backend]}: not found; export it first: coopstance export-onnx --model {args.model}{flag}")
     if args.engine == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
             return _error("--engine ray needs Ray: pip install -e \".[ray]\" (or `make install`)")
     out = Path(args.output)
+    files = [f for f in files if not Path(f).is_relative_to(out.resolve())]  # never our own shards, with --input archive/ --output archive/tagged
+    if not files:
+        return _error(f"no input files outside the output folder {out}")
     job = plan_job(files, args.model, args.backend, args.batch_size, args.shard_size, args.max_chars, args.lang)
     problem = prepare_output(out, job, args.overwrite)
     if problem:
@@ -581,6 +623,9 @@ def run(args: argparse.Namespace) -> int:
             run_local(job, pending, done, progress, args.threads, args.device, on_ready)
         elif pending:
             run_ray(job, pending, done, progress, args.actors, args.cpus_per_actor, args.gpus_per_actor)
+    except (FileNotFoundError, ValueError, ImportError) as err:  # the Tagger refused the model folder (bad articles never raise)
+        progress.close()
+        return _error(str(err))
     finally:
         progress.close()
     seconds = time.perf_counter() - start
@@ -593,7 +638,6 @@ def run(args: argparse.Namespace) -> int:
           f"-> {out / 'errors'}; {totals['shards']} shards written, {skipped} already finished, {finished}/{len(job.shards)} done in {out}; "
           f"{seconds:.1f} s in all", file=sys.stderr)
     if finished < len(job.shards):
-        print(f"error: {len(job.shards) - finished} shard(s) not finished (did an input file change while it was read?); run the command "
-              "again to finish them", file=sys.stderr)
+        print(f"error: {len(job.shards) - finished} shard(s) not finished; run the command again to finish them", file=sys.stderr)
         return 1
     return 0

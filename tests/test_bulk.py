@@ -64,7 +64,9 @@ def archive(tmp_path_factory) -> Path:
     for position, line, _, _ in BAD_LINES:
         lines.insert(position, line)
     (folder / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n\n")  # a trailing blank line is no record
-    pq.write_table(pa.Table.from_pylist(articles[N_JSONL_ARTICLES:]), folder / "b.parquet")
+    # Row groups of 3 rows: shards of 4 start and end inside them.
+    pq.write_table(pa.Table.from_pylist(articles[N_JSONL_ARTICLES:]), folder / "b.parquet", row_group_size=3)
+    (folder / "c.parquet").write_bytes(b"PAR1 but not really")  # an unreadable file: one error row
     return folder
 
 
@@ -103,9 +105,9 @@ def without_nulls(value):
 
 def test_rows_are_the_taggers_records_with_the_carried_columns(local_output, model, archive):
     output, log = local_output
-    n_records = len(BAD_LINES) + PER_LANG * len(LANGS)
-    assert "30 articles tagged" in log and f"{len(BAD_LINES)} bad articles" in log and "10/10 done" in log
-    assert len(list((output / "sentences").iterdir())) == -(-(N_JSONL_ARTICLES + len(BAD_LINES)) // SHARD_SIZE) + 3
+    n_records = len(BAD_LINES) + PER_LANG * len(LANGS) + 1
+    assert "30 articles tagged" in log and f"{len(BAD_LINES) + 1} bad articles" in log and "11/11 done" in log
+    assert len(list((output / "sentences").iterdir())) == -(-(N_JSONL_ARTICLES + len(BAD_LINES)) // SHARD_SIZE) + 3 + 1
     assert pd.read_parquet(output / "articles")["article_id"].tolist() == [a["id"] for a in corpus_articles()]
     assert len(pd.read_parquet(output / "errors")) + 30 == n_records
 
@@ -134,9 +136,11 @@ def test_rows_are_the_taggers_records_with_the_carried_columns(local_output, mod
 def test_bad_articles_go_to_the_errors_table_with_their_reason(local_output, archive):
     output, _ = local_output
     errors = pq.read_table(output / "errors").to_pylist()
-    assert [(e["line"], e["article_id"]) for e in errors] == [(position + 1, article_id) for position, _, article_id, _ in BAD_LINES]
+    expected = [(position + 1, article_id) for position, _, article_id, _ in BAD_LINES] + [(None, None)]
+    assert [(e["line"], e["article_id"]) for e in errors] == expected
     for error, (_, _, _, reason) in zip(errors, BAD_LINES):
         assert reason in error["reason"] and error["file"] == str((archive / "a.jsonl").resolve())
+    assert errors[-1]["file"] == str((archive / "c.parquet").resolve()) and "not a readable Parquet file" in errors[-1]["reason"]
     assert pq.read_schema(output / "errors" / "part-00001-00000.parquet").names == ["file", "line", "article_id", "reason"]
 
 
@@ -170,7 +174,7 @@ def test_a_killed_job_resumes_to_identical_output(local_output, model, archive, 
 
     code, log = tag_corpus(model, archive, output)
     assert code == 0, log
-    assert "9 shards written, 1 already finished" in log
+    assert "10 shards written, 1 already finished" in log
     assert shard_bytes(output) == shard_bytes(reference)
     assert not [p for table in TABLES for p in (output / table).iterdir() if p.name.startswith(".")]
 
@@ -234,7 +238,7 @@ def test_ray_engine_writes_the_same_bytes_as_the_local_engine(ray_session, local
     output = tmp_path / "ray"
     code, log = tag_corpus(model, archive, output, "--engine", "ray", "--actors", "2")
     assert code == 0, log
-    assert "30 articles tagged" in log and "10/10 done" in log
+    assert "30 articles tagged" in log and "11/11 done" in log
     assert ray_session.is_initialized()  # the job used the running Ray and left it running
     assert shard_bytes(output) == shard_bytes(reference)
     assert json.loads((output / "_job.json").read_text()) == json.loads((reference / "_job.json").read_text())

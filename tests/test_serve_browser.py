@@ -150,7 +150,7 @@ def test_file_upload_fills_the_text_and_names_the_download(page, server):
     assert download_info.value.suggested_filename == "trade_ministers_us_japan_korea.de.tagged.jsonl"
 
 
-@pytest.mark.parametrize(("lang", "text"), [("ja", JA), ("ko", KO)])
+@pytest.mark.parametrize(("lang", "text"), [("ja", JA), ("ko", KO)], ids=["ja", "ko"])
 def test_japanese_and_korean_articles(page, server, tmp_path, lang, text):
     tag_on_page(page, text)
     answer = api_answer(server, text, "article")

@@ -519,7 +519,10 @@ def create_app(tagger: Tagger, limits: Limits | None = None, batching: Batching 
         if len(articles) > limits.max_articles:
             raise over_limit("max_articles", len(articles), limits.max_articles, "the number of articles", "Send them in several requests.",
                              "articles")
-        n_sentences = await run_in_threadpool(count_sentences, articles, limits)
+        if all(article.sentences is not None for _, article in articles):  # pre-split: nothing to segment, no thread hop
+            n_sentences = count_sentences(articles, limits)
+        else:  # segmentation takes a few ms per article: off the event loop
+            n_sentences = await run_in_threadpool(count_sentences, articles, limits)
         batcher = holder["batcher"]
         if batcher.queued_sentences + n_sentences > limits.max_queue_sentences:
             raise ServiceError(503, "busy", f"{batcher.queued_sentences:,} sentences are waiting for the model (limit "
