@@ -392,6 +392,7 @@ def shard_finished(out: Path, name: str) -> bool:
 
 
 def _publish(tmp: str, target: Path) -> None:
+    """The rename that makes one file of a shard visible (a function of its own: the kill test stops the job here)."""
     os.replace(tmp, target)
 
 

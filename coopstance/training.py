@@ -99,6 +99,11 @@ class MultiTaskTrainer(Trainer):
         loss = multitask_loss(outputs.logits, labels, **self.loss_fn_kwargs)
         return (loss, outputs) if return_outputs else loss
 
+    def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001, ANN202
+        # transformers 5 applies group_by_length to evaluation too and returns predictions in that shuffled order; ours
+        # must stay row-aligned with the records (dev thresholds, metrics.json), so evaluate in dataset order.
+        return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
 
 def _config_for_compare(cfg: RunConfig) -> dict[str, Any]:
     values = dataclasses.asdict(cfg)

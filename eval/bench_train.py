@@ -252,7 +252,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"hardware: {result['hardware']}; MFU against {any_row.get('peak_source')}",
         f"{result['steps']} timed steps after {result['warmup']} warm-up steps, median of {result['repeats']} interleaved repeats; "
         f"vs {label}: median of the per-repeat ratios of samples/s; tokens/s: non-padding tokens; peak GiB: {any_row.get('peak_memory')}, "
-        "+train GiB: its rise during training",
+        "+train GiB: its rise during training" + (" (CPU: approximate, freed memory is reused)" if any_row.get("device") == "cpu" else ""),
         "",
         f"| {'variant':<44} | precision | samples/s | tokens/s | padding |    MFU | peak GiB | +train GiB | vs {label:<5} | samples/s runs |",
         f"|{'-' * 46}|-----------|----------:|---------:|--------:|-------:|---------:|-----------:|---------:|----------------|",

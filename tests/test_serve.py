@@ -261,7 +261,7 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(client,
     after = client.get("/health").json()["stats"]
     requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
     assert requests == len(sentences)
-    assert batches <= len(sentences) // 4 and after["largest_batch_requests"] >= 8, after
+    assert batches <= len(sentences) // 2 and after["largest_batch_requests"] >= 4, after  # typically 2-5 calls for the 40
 
 
 @pytest.fixture(scope="module")
