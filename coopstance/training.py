@@ -57,7 +57,7 @@ from coopstance.model import (
     train_tiny_tokenizer,
 )
 from coopstance.modelcard import write_model_card
-from coopstance.throughput import attach_throughput, speed_arguments
+from coopstance.throughput import ShuffledLengthGroupedSampler, attach_throughput, speed_arguments
 from coopstance.utils import atomic_write_json, atomic_write_text
 
 FINISHED_MARKER = "metrics.json"
@@ -98,6 +98,13 @@ class MultiTaskTrainer(Trainer):
         outputs = model(**inputs)
         loss = multitask_loss(outputs.logits, labels, **self.loss_fn_kwargs)
         return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset  # length groups in random order: throughput.py
+        lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
 
     def _get_eval_sampler(self, eval_dataset):  # noqa: ANN001, ANN202
         # transformers 5 applies group_by_length to evaluation too and returns predictions in that shuffled order; ours

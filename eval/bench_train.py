@@ -13,13 +13,13 @@ batches, precision auto = bf16 on a GPU that has it, the speed keys of coopstanc
 Architectures are built from their configs with random weights (no weights can be downloaded; speed does not depend on
 them), except e5-small, read from models/. Batches are real training-split sentences (inputs built as the config
 builds them, context included), tokenized with the e5-small tokenizer where it is built, else with a WordPiece
-tokenizer trained on the corpus; token ids are folded into the architecture's vocabulary. Each repeat orders the whole
-training split as `train.group_by_length` does in training (transformers' length-grouped mega-batches) and draws
+tokenizer trained on the corpus; token ids are folded into the architecture's vocabulary. Each repeat groups the whole
+training split as `train.group_by_length` does in training (coopstance.throughput.shuffled_length_groups) and draws
 --steps of its batches at random; variants with length grouping train on those batches, the others on the same
-sentences shuffled into random batches. So every variant sees exactly the same tokens, and the grouped batches are
-a fair sample of a real epoch's (the sampler puts long batches first in each mega-batch: the first steps of a run
-are not typical). Each variant first runs --warmup untimed steps (allocation, kernel choice, compilation). Repeats
-are interleaved, so a busy moment on a shared machine hits every variant alike; the table gives medians.
+sentences shuffled into random batches. So every variant sees exactly the same tokens, and the grouped batches are a
+fair sample of a real epoch's. Each variant first runs --warmup untimed steps (allocation, kernel choice,
+compilation). Repeats are interleaved, so a busy moment on a shared machine hits every variant alike; the table
+gives medians.
 """
 
 from __future__ import annotations
@@ -50,13 +50,12 @@ from transformers import (
     TrainingArguments,
     XLMRobertaConfig,
 )
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from coopstance.config import ConfigError, RunConfig, load_config
 from coopstance.data import load_records, load_splits, split_records
 from coopstance.labels import REPO_ROOT, LabelSchema, load_schema
 from coopstance.model import train_tiny_tokenizer
-from coopstance.throughput import attach_throughput, speed_arguments
+from coopstance.throughput import attach_throughput, shuffled_length_groups, speed_arguments
 from coopstance.training import EncodedDataset, MultiTaskTrainer, resolve_precision
 
 E5_DIR = REPO_ROOT / "models" / "multilingual-e5-small"
@@ -148,7 +147,7 @@ def training_arguments(variant: str, cfg: RunConfig, output_dir: str, steps: int
 
 def draw_batches(lengths: list[int], batch_size: int, steps: int, seed: int) -> tuple[list[int], list[int]]:
     """The same steps x batch_size sentence indices twice: in length-grouped batches as training makes them, and shuffled."""
-    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+    order = shuffled_length_groups(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
     batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     rng = np.random.default_rng(seed)
     grouped = [i for b in rng.choice(len(batches), steps, replace=steps > len(batches)) for i in batches[b]]

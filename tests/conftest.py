@@ -47,6 +47,7 @@ def trained_run(tmp_path_factory):
     from coopstance.training import train
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(out, "train.run_name=shared", "data.context_sentences=1", "train.baseline=true")
+    # keep_checkpoints: a test compares the export with the best checkpoint
+    cfg = tiny_config(out, "train.run_name=shared", "data.context_sentences=1", "train.baseline=true", "train.keep_checkpoints=true")
     metrics = train(cfg, argv=["pytest"])
     return cfg, metrics

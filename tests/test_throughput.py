@@ -93,6 +93,44 @@ def test_callback_counts_exactly_the_training_tokens_and_reaches_the_loggers(tmp
     assert [log for log in seen.logs if "eval_loss" in log] and not any("samples_per_second" in log for log in seen.logs if "eval_loss" in log)
 
 
+def _padding_and_rises(order: list[int], lengths: list[int], batch_size: int) -> tuple[float, float]:
+    batches = [[lengths[i] for i in order[j:j + batch_size]] for j in range(0, len(order), batch_size)]
+    padding = 1 - sum(map(sum, batches)) / sum(max(b) * len(b) for b in batches)
+    longest = [max(b) for b in batches]
+    return padding, sum(b > a for a, b in zip(longest, longest[1:])) / (len(longest) - 1)
+
+
+def test_length_groups_keep_padding_low_and_come_in_random_order():
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from coopstance.throughput import shuffled_length_groups
+
+    lengths = torch.randint(5, 81, (1005,), generator=torch.Generator().manual_seed(0)).tolist()
+    order = shuffled_length_groups(lengths, 10, generator=torch.Generator().manual_seed(1))
+    assert sorted(order) == list(range(1005)) and [lengths[i] for i in order[-5:]] == sorted((lengths[i] for i in order[-5:]), reverse=True)
+    padding, rises = _padding_and_rises(order, lengths, 10)
+    random_padding, _ = _padding_and_rises(torch.randperm(1005, generator=torch.Generator().manual_seed(2)).tolist(), lengths, 10)
+    assert padding < 0.05 < 0.3 < random_padding
+    # transformers' order runs from long to short batches within each mega-batch; ours is random (about half rise)
+    _, transformers_rises = _padding_and_rises(get_length_grouped_indices(lengths, 10, generator=torch.Generator().manual_seed(1)), lengths, 10)
+    assert transformers_rises < 0.1 < 0.35 < rises
+
+
+def test_group_by_length_uses_the_shuffled_sampler(tmp_path):
+    from coopstance.throughput import ShuffledLengthGroupedSampler
+
+    items = [{"input_ids": [2] * n, "attention_mask": [1] * n, "labels": [0.0, 0.0, 0.0, 1.0]} for n in range(3, 40)]
+    samplers = {}
+    for strategy in ("group_by_length", "random"):
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, report_to="none",
+                                 train_sampling_strategy=strategy, use_cpu=True)
+        trainer = MultiTaskTrainer(model=tiny_bert(), args=args, train_dataset=items, loss_fn_kwargs={"num_topics": 3})
+        samplers[strategy] = trainer._get_train_sampler()
+    grouped = samplers["group_by_length"]
+    assert isinstance(grouped, ShuffledLengthGroupedSampler) and isinstance(samplers["random"], torch.utils.data.RandomSampler)
+    assert grouped.batch_size == 8 and grouped.lengths == list(range(3, 40))  # groups span one optimizer step (4 x 2 accumulated)
+
+
 def test_every_run_reports_throughput_in_metrics_and_tensorboard(trained_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -126,9 +126,22 @@ def test_two_process_ddp_writes_once(tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["train_steps"] == 6
     assert np.isfinite(metrics["train_loss"])
+    # a finished run is left lean: checkpoints (optimizer state) are removed once metrics.json is written
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if not p.name.startswith(".")) == [
-        "checkpoints", "command.txt", "config.yaml", "logs", "metrics.json", "model", "tokenizer"]
+        "command.txt", "config.yaml", "logs", "metrics.json", "model", "tokenizer"]
     assert not list(Path(tmp_path / "ddp").glob(".*tmp*"))
+
+
+def test_finished_run_is_lean_and_shareable(tmp_path):
+    cfg = tiny_config(tmp_path, "train.run_name=lean", SMALL_SOURCES, "train.epochs=1")
+    metrics = train(cfg)
+    assert metrics["checkpoints_kept"] is False and not (cfg.run_dir / "checkpoints").exists()
+    assert "stress" in metrics and 0 <= metrics["stress"]["china_stance_without_china"]["rate"] <= 1
+    # written via temporary files, but with the usual umask permissions (not mkstemp's 0600)
+    from coopstance.utils import current_umask
+
+    for name in ("metrics.json", "config.yaml", "command.txt", "model/config.json"):
+        assert (cfg.run_dir / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
 
 
 def test_same_seed_same_run(tmp_path):
