@@ -41,6 +41,19 @@ def report(trained_run, tmp_path_factory):
     return evaluation, folder
 
 
+def test_own_test_split_reproduces_the_training_figures_baseline_included(report, trained_run):
+    _, metrics = trained_run
+    evaluation, _ = report
+    model, baseline = evaluation.metrics["model_scores"], evaluation.metrics["baseline_scores"]
+    assert model["n_sentences"] == metrics["test"]["n_sentences"]
+    assert model["topic_macro_f1"] == pytest.approx(metrics["test"]["topic_macro_f1"], abs=1e-4)
+    assert model["stance_macro_f1"] == pytest.approx(metrics["test"]["stance_macro_f1"], abs=1e-4)
+    # the same baseline as in training: fitted on the model's own train split, thresholds on its dev split
+    assert baseline["topic_macro_f1"] == metrics["baseline"]["test"]["topic_macro_f1"]
+    assert baseline["stance_macro_f1"] == metrics["baseline"]["test"]["stance_macro_f1"]
+    assert evaluation.own_test_split and evaluation.metrics["warnings"] == []
+
+
 def test_report_folder_has_every_file_and_plot(report):
     _, folder = report
     names = {p.name for p in folder.iterdir()}
@@ -116,7 +129,7 @@ def test_model_card_written_at_export_and_refreshed_by_evaluate(trained_run, tmp
 
     copy = tmp_path / "run" / "model"
     shutil.copytree(cfg.run_dir / "model", copy)
-    assert load_script("evaluate").main([str(copy), "--bootstrap", "20"]) == 0
+    assert load_script("evaluate").main([str(copy), "--bootstrap", "0", "--no-baseline"]) == 0
     out = capsys.readouterr().out
     assert f"report: {copy.parent / 'eval' / 'test' / 'report.md'}" in out and "model card refreshed" in out
     refreshed = (copy / "README.md").read_text(encoding="utf-8")
