@@ -20,7 +20,7 @@ def test_train_without_network_stops_fast_with_the_ways_out(tmp_path):
     out = run(["train/train.py", "--config", "configs/mbert.yaml", f"train.output_root={tmp_path}"], env)
     elapsed = time.time() - start
     assert out.returncode == 2
-    assert elapsed < 15, f"took {elapsed:.1f}s"
+    assert elapsed < 30, f"took {elapsed:.1f}s"  # seconds, not a download timeout; loose for loaded CI machines
     assert "Cannot load model 'bert-base-multilingual-cased'" in out.stderr
     assert "make train CONFIG=configs/tiny.yaml" in out.stderr and "model.name_or_path=" in out.stderr
     assert not (tmp_path / "mbert").exists()  # nothing half-made
