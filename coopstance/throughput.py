@@ -42,15 +42,18 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H100": {"bf16": 989e12, "fp32": 67e12},  # SXM
     "A100": {"bf16": 312e12, "fp32": 19.5e12},
     "L4": {"bf16": 121e12, "fp32": 30.3e12},
-    # Measured, not a data sheet: best fp32 2048x2048 matmul on the 2-core AMD EPYC (AVX-512) development box, shared
-    # with other jobs (measure_cpu_peak_flops). On CPU every run measures its own machine the same way.
-    "cpu (2-core dev box)": {"fp32": 110e9},
+    # Measured, not a data sheet: measure_cpu_peak_flops on the 2-core AMD EPYC (AVX-512) development box, shared with
+    # other jobs: 157-172 GFLOP/s on 2 threads, 84-90 on 1. On CPU every run measures its own machine the same way.
+    "cpu (2-core dev box)": {"fp32": 170e9},
 }
-CPU_MATMUL_SIZE = 1536
+# Many short products rather than a few long ones: on a CPU shared with other jobs, one of a few milliseconds often runs
+# undisturbed, where a long one always shares the cores (measured: 512, best of 40, 87 GFLOP/s on one thread; 1536, best of
+# 12, 46 GFLOP/s, on the same loaded machine).
+CPU_MATMUL_SIZE = 512
 
 
 @functools.lru_cache(maxsize=1)
-def measure_cpu_peak_flops(size: int = CPU_MATMUL_SIZE, repeats: int = 4) -> float:
+def measure_cpu_peak_flops(size: int = CPU_MATMUL_SIZE, repeats: int = 40) -> float:
     """FLOP/s of the best of `repeats` fp32 matrix products on the threads torch uses: the CPU's practical peak."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up: the first call allocates
@@ -224,6 +227,10 @@ class ThroughputCallback(TrainerCallback):
         self._mark = time.perf_counter()
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.device.type == "cuda":  # the GPU may still be running steps the CPU has queued: count the wait for them
+            waited_from = time.perf_counter()
+            torch.cuda.synchronize(self.device)
+            self._interval_seconds += time.perf_counter() - waited_from
         self._drain()  # the steps after the last log
         self._hook.remove()
 

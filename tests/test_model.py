@@ -76,7 +76,7 @@ def test_unreachable_hub_fails_fast(tmp_path):
     code = "from coopstance.model import ensure_model_available as e\ntry:\n e('xlm-roberta-base')\nexcept Exception as x:\n print(x)"
     start = time.time()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert time.time() - start < 15
+    assert time.time() - start < 30  # seconds, not a download timeout; loose for loaded CI machines
     assert "Cannot load model 'xlm-roberta-base'" in out.stdout and "unreachable" in out.stdout
 
 
