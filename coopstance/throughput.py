@@ -52,9 +52,11 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 CPU_MATMUL_SIZE = 512
 
 
-@functools.lru_cache(maxsize=1)
-def measure_cpu_peak_flops(size: int = CPU_MATMUL_SIZE, repeats: int = 40) -> float:
-    """FLOP/s of the best of `repeats` fp32 matrix products on the threads torch uses: the CPU's practical peak."""
+@functools.lru_cache(maxsize=8)
+def measure_cpu_peak_flops(threads: int, size: int = CPU_MATMUL_SIZE, repeats: int = 40) -> float:
+    """FLOP/s of the best of `repeats` fp32 matrix products on `threads` torch threads: the CPU's practical peak.
+
+    `threads` must be torch's current thread count; it keys the cache, one measurement per thread count and process."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm-up: the first call allocates
     best = float("inf")
@@ -68,7 +70,8 @@ def measure_cpu_peak_flops(size: int = CPU_MATMUL_SIZE, repeats: int = 40) -> fl
 def device_peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]:
     """(peak FLOP/s, where the figure comes from); None for a GPU missing from PEAK_FLOPS."""
     if device.type != "cuda":
-        return measure_cpu_peak_flops(), f"fp32 matmul measured on {torch.get_num_threads()} CPU thread(s)"
+        threads = torch.get_num_threads()
+        return measure_cpu_peak_flops(threads), f"fp32 matmul measured on {threads} CPU thread(s)"
     name = torch.cuda.get_device_name(device)
     kind = "bf16" if precision in ("bf16", "fp16") else "fp32"
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
