@@ -58,7 +58,7 @@ demo: encoder ## offline, real model: fine-tune e5-small briefly, evaluate besid
 	$(PY) eval/evaluate.py outputs/demo/model --split test --bootstrap 300
 	$(PY) -m coopstance predict --model outputs/demo/model $(ARTICLE) --output outputs/demo/seed_tagged.jsonl
 
-smoke: ## the pipeline end to end with the tiny random-init model (~1.5 min; a smoke test, not a result) (outputs/smoke)
+smoke: ## the pipeline end to end with the tiny random-init model (a smoke test, not a result) (outputs/smoke)
 	$(PY) train/train.py --config configs/tiny.yaml train.run_name=smoke train.overwrite=true $(ARGS)
 	$(PY) eval/evaluate.py outputs/smoke/model --split test --bootstrap 300
 	$(PY) -m coopstance predict --model outputs/smoke/model $(ARTICLE) --output outputs/smoke/seed_tagged.jsonl
