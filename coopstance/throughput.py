@@ -80,6 +80,11 @@ def device_peak_flops(device: torch.device, precision: str) -> tuple[float | Non
     return None, f"{name} is not in coopstance.throughput.PEAK_FLOPS; add its peak to get MFU"
 
 
+def _significant(value: float, digits: int = 4) -> float:
+    """Round to significant figures: a short test run and an H200 run both keep their precision."""
+    return float(f"{value:.{digits}g}")
+
+
 def training_flops(model: PreTrainedModel, tokens: int, squared_lengths: int) -> float:
     """Training FLOPs for sequences with `tokens` non-padding tokens in all and `squared_lengths` = sum of s^2."""
     config = model.config
@@ -175,7 +180,7 @@ class ThroughputCallback(TrainerCallback):
             "padding_share": round(1 - tokens / padded, 4),
         }
         if self.peak_flops:
-            figures["mfu"] = round(flops_per_s / self.peak_flops, 5)
+            figures["mfu"] = _significant(flops_per_s / self.peak_flops)
         memory, _ = peak_memory_gb(self.device)
         if memory is not None:
             figures["peak_memory_gb"] = round(memory, 3)
@@ -189,12 +194,12 @@ class ThroughputCallback(TrainerCallback):
         return {
             **figures,
             "steps_timed": t["steps"],
-            "train_seconds": round(t["seconds"], 2),
+            "train_seconds": _significant(t["seconds"], 6),
             "samples": t["samples"] * self.world_size,
             "non_padding_tokens": t["tokens"] * self.world_size,
-            "model_tflops_per_second": round(training_flops(self.model, t["tokens"], t["squared_lengths"]) / t["seconds"] / 1e12, 4)
+            "model_tflops_per_second": _significant(training_flops(self.model, t["tokens"], t["squared_lengths"]) / t["seconds"] / 1e12)
             if t["seconds"] > 0 else None,
-            "peak_tflops_per_second": round(self.peak_flops / 1e12, 4) if self.peak_flops else None,
+            "peak_tflops_per_second": _significant(self.peak_flops / 1e12) if self.peak_flops else None,
             "peak_source": self.peak_source,
             "flops_formula": "6 * non-embedding params * tokens + 12 * layers * hidden * sum(s^2), non-padding tokens",
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",

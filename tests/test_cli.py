@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +55,9 @@ def test_predict_and_evaluate_on_a_trained_model(trained_run, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["type"] for r in rows] == ["sentence"] * 12 + ["article"]
-    out = run(["eval/evaluate.py", model, "--bootstrap", "20", "--out-dir", str(tmp_path / "report")])
+    copy = tmp_path / "model"  # evaluate refreshes the model card: never touch the shared run other tests read
+    shutil.copytree(model, copy)
+    out = run(["eval/evaluate.py", str(copy), "--bootstrap", "20", "--out-dir", str(tmp_path / "report")])
     assert out.returncode == 0, out.stderr
     assert "topic/semiconductors" in out.stdout and "baseline F1" in out.stdout and (tmp_path / "report" / "report.md").is_file()
     assert "lang/de" in out.stdout and "hard_case/other_sense" in out.stdout and "spurious_topic_rate" in out.stdout
