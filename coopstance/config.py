@@ -145,6 +145,16 @@ class TrainArgs:
     epochs: float = _help("Training epochs (dev evaluation and a checkpoint after each).", 5.0)
     max_steps: int = _help("Stop after this many optimizer steps (-1 = use epochs). For smoke tests.", -1)
     learning_rate: float = _help("Peak learning rate (AdamW, linear decay).", 3e-5)
+    head_learning_rate: float = _help(
+        "Peak learning rate of the new classification head (pooler and classifier); 0 = learning_rate. The head starts "
+        "from random weights, so a short run (the demo) learns faster when it moves faster than the pretrained encoder.",
+        0.0,
+    )
+    layer_lr_decay: float = _help(
+        "Layer-wise learning-rate decay: encoder layer k of L trains at learning_rate * decay^(L - k), the embeddings at "
+        "decay^(L + 1); 1.0 = off. Lower layers hold general language knowledge and move less.",
+        1.0,
+    )
     batch_size: int = _help("Training batch size per device.", 32)
     eval_batch_size: int = _help("Evaluation batch size per device.", 64)
     gradient_accumulation_steps: int = _help("Batches accumulated per optimizer step.", 1)
@@ -182,6 +192,12 @@ class TrainArgs:
     progress_bar: bool = _help("Show tqdm progress bars.", True)
     bootstrap_samples: int = _help("Article-level bootstrap resamples for the confidence intervals.", 1000)
     baseline: bool = _help("Also train and score a TF-IDF + logistic-regression baseline for metrics.json.", True)
+    tfidf_second_opinion: bool = _help(
+        "Average the model's probabilities with the TF-IDF model's (per task, weight chosen on dev from 0 to 0.9; 0 = the "
+        "encoder alone). The TF-IDF model is exported with the model and the Tagger applies the blend; metrics.json "
+        "reports the encoder alone beside it (second_opinion.encoder_alone). Cheap, and robust to unfamiliar styles.",
+        False,
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -193,6 +209,10 @@ class TrainArgs:
             raise ConfigError("train.epochs must be > 0 (or set train.max_steps)")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate={self.learning_rate} must be > 0")
+        if self.head_learning_rate < 0:
+            raise ConfigError(f"train.head_learning_rate={self.head_learning_rate} must be >= 0 (0 = train.learning_rate)")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"train.layer_lr_decay={self.layer_lr_decay} must be in (0, 1] (1 = off)")
         if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"train.run_name={self.run_name!r} must be a plain folder name")
 

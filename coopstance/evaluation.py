@@ -366,9 +366,11 @@ def run_evaluation(
         if info.training is not None:  # else read_model_info has said so already
             warnings.append(f"No baseline beside the model: {training_unavailable}.")
     else:
-        from coopstance.baseline import TfidfBaseline
+        from coopstance.baseline import SECOND_OPINION_FOLDER, TfidfBaseline
 
-        fitted = TfidfBaseline(info.schema, seed).fit(training_splits["train"], training_splits["dev"])
+        saved = info.model_dir / SECOND_OPINION_FOLDER  # the same model, fitted at export on the same data: no refit
+        fitted = (TfidfBaseline.load(saved, info.schema) if saved.is_dir()
+                  else TfidfBaseline(info.schema, seed).fit(training_splits["train"], training_splits["dev"]))
         topic_probs, stance_probs = fitted.predict_proba(target)
         baseline_output = SystemOutput(topic_probs, topic_probs >= fitted.thresholds, stance_probs, stance_probs.argmax(1), fitted.thresholds)
         metrics["baseline_name"] = BASELINE_NAME

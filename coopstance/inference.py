@@ -357,10 +357,20 @@ class Tagger:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.input_names = [n for n in self.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.second_opinion = self._load_second_opinion(getattr(config, "second_opinion", None))
         if backend == "torch":
             self._init_torch(config, device)
         else:
             self._init_onnx(path / ONNX_FILES[backend])
+
+    def _load_second_opinion(self, spec: dict[str, Any] | None) -> tuple[Any, float, float] | None:
+        """The TF-IDF model exported beside the encoder (`train.tfidf_second_opinion`) and its blend weights, if any."""
+        if not spec or not (spec.get("topic_weight") or spec.get("stance_weight")):
+            return None
+        from coopstance.baseline import TfidfBaseline
+
+        tfidf = TfidfBaseline.load(self.model_dir / spec.get("folder", "tfidf"), self.schema)
+        return tfidf, float(spec.get("topic_weight", 0.0)), float(spec.get("stance_weight", 0.0))
 
     def _init_torch(self, config: Any, device: str | None) -> None:
         import torch
@@ -406,6 +416,8 @@ class Tagger:
             "stances": [{"id": s, "definition": descriptions.get(s, "")} for s in self.schema.stances],
             "context_sentences": self.context_sentences,
             "max_seq_length": self.max_length,
+            "second_opinion": {"kind": "tfidf", "topic_weight": self.second_opinion[1], "stance_weight": self.second_opinion[2]}
+            if self.second_opinion else None,
             "backend": self.backend,
         }
 
@@ -468,7 +480,8 @@ class Tagger:
         return [_Item(enc, cut) for enc, cut in encoded]
 
     def logits(self, sentences: list[str]) -> np.ndarray:
-        """Raw logits `[n, topics + stances]` for the sentences of one article, in order."""
+        """The encoder's raw logits `[n, topics + stances]` for the sentences of one article, in order (before any TF-IDF
+        second opinion: the tags and scores blend it in)."""
         if not sentences:
             return np.zeros((0, self.schema.num_labels), dtype=np.float32)
         return self._run_items(self._items_for(sentences))
@@ -476,6 +489,11 @@ class Tagger:
     def _tags(self, spans: list[Span], logits: np.ndarray, truncated: list[bool]) -> list[SentenceTags]:
         topic_probs = sigmoid(logits[:, :self.schema.num_topics])
         stance_probs = softmax(logits[:, self.schema.num_topics:])
+        if self.second_opinion is not None and spans:  # as evaluated at export: (1 - w) * encoder + w * TF-IDF
+            from coopstance.baseline import blend
+
+            tfidf, topic_weight, stance_weight = self.second_opinion
+            topic_probs, stance_probs = blend((topic_probs, stance_probs), tfidf.scores([s.text for s in spans]), topic_weight, stance_weight)
         tags = []
         for span, tp, sp, cut in zip(spans, topic_probs, stance_probs, truncated):
             tags.append(SentenceTags(

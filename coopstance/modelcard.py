@@ -121,6 +121,14 @@ def render_model_card(
     hub_base, base_phrase = base_model(training.get("model", {}).get("name_or_path"))
     languages = sorted({lang for per_lang in counts.values() for lang in per_lang})
     context = int(config.get("context_sentences") or 0)
+    opinion = config.get("second_opinion") or {}
+    blend_note = (
+        f"\n\nThe scores blend the encoder's probabilities with a character n-gram TF-IDF + logistic regression model stored in "
+        f"`{opinion.get('folder', 'tfidf')}/` (TF-IDF weight {opinion.get('topic_weight')} for topics, {opinion.get('stance_weight')} for "
+        "stance, chosen on dev; `train.tfidf_second_opinion`). `Tagger` applies the blend, and the figures below are for it."
+    ) if opinion.get("topic_weight") or opinion.get("stance_weight") else ""
+    plain_note = (" This gives the encoder alone, without the TF-IDF second opinion; the thresholds were tuned for the blend, "
+                  "so use `Tagger` for the evaluated tags.") if blend_note else ""
     data = training.get("data", {})
     train_args = training.get("train", {})
 
@@ -166,7 +174,7 @@ Tags the sentences of news articles in {', '.join(languages)} with the **coopera
 {chr(10).join(label_rows)}
 
 A topic is predicted when its probability reaches the threshold (tuned per topic on dev, stored in `config.json` as
-`topic_thresholds`); the stance is the most probable class.
+`topic_thresholds`); the stance is the most probable class.{blend_note}
 
 ## Training data and split
 
@@ -179,7 +187,7 @@ Sources {', '.join(f'`{s}`' for s in data.get('sources', [])) or 'unknown'}, spl
 
 Settings: {train_args.get('epochs', '?')} epochs, learning rate {train_args.get('learning_rate', '?')}, batch size
 {train_args.get('batch_size', '?')}, max length {config.get('max_seq_length', '?')} tokens, context {context}, seed {train_args.get('seed', '?')};
-the best epoch on dev was kept. The full configuration is `training_config.yaml` in this folder.
+when training ran over more than one epoch, the best epoch on dev was kept. The full configuration is `training_config.yaml` in this folder.
 
 ## Evaluation
 
@@ -207,7 +215,7 @@ for s in tagger.tag_article(open("article.txt", encoding="utf-8").read()):
 ```
 
 With plain `transformers`: the logits are `[topic logits | stance logits]`, the label names are in `config.id2label`
-(`topic/<id>`, `stance/<id>`), the thresholds in `config.topic_thresholds`.
+(`topic/<id>`, `stance/<id>`), the thresholds in `config.topic_thresholds`.{plain_note}
 
 ```python
 import torch

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+if TYPE_CHECKING:
+    from coopstance.baseline import TfidfBaseline
+
 from coopstance.config import RunConfig
 from coopstance.data import (
     Record,
@@ -46,7 +50,15 @@ from coopstance.data import (
     split_records,
 )
 from coopstance.labels import LabelSchema, load_schema
-from coopstance.metrics import china_stance_without_china, epoch_dev_scores, evaluate_predictions, sigmoid, tune_thresholds
+from coopstance.metrics import (
+    china_stance_without_china,
+    epoch_dev_scores,
+    evaluate_predictions,
+    headline_scores,
+    sigmoid,
+    softmax,
+    tune_thresholds,
+)
 from coopstance.model import (
     build_tiny_model,
     ensure_model_available,
@@ -84,13 +96,55 @@ class EncodedDataset(torch.utils.data.Dataset):
         return {**{k: v[i] for k, v in self.encodings.items()}, "labels": self.labels[i]}
 
 
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")  # encoder.layer.7. (BERT, XLM-R), transformer.layer.7. (DistilBERT)
+
+
+def parameter_learning_rates(model: torch.nn.Module, learning_rate: float, head_learning_rate: float = 0.0,
+                             layer_lr_decay: float = 1.0) -> dict[str, float]:
+    """Peak learning rate per trainable parameter name.
+
+    Encoder layer k (0-based) of L trains at `learning_rate * layer_lr_decay ** (L - 1 - k)`, the embeddings one step
+    lower, the head (everything outside the embeddings and the layers: pooler, classifier) at `head_learning_rate`
+    (0 = `learning_rate`)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    layers = {n: int(m.group(1)) for n in names if (m := _LAYER_INDEX.search(n))}
+    depth = max(layers.values(), default=-1) + 1
+    rates = {}
+    for name in names:
+        if name in layers:
+            rates[name] = learning_rate * layer_lr_decay ** (depth - 1 - layers[name])
+        elif "embeddings" in name:
+            rates[name] = learning_rate * layer_lr_decay ** depth
+        else:
+            rates[name] = head_learning_rate or learning_rate
+    return rates
+
+
 class MultiTaskTrainer(Trainer):
     # Our loss is a per-batch mean, so Trainer must still divide it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, loss_fn_kwargs: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_fn_kwargs: dict[str, Any], head_learning_rate: float = 0.0, layer_lr_decay: float = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loss_fn_kwargs = loss_fn_kwargs
+        self.head_learning_rate, self.layer_lr_decay = head_learning_rate, layer_lr_decay
+
+    def create_optimizer(self, model=None):  # noqa: ANN001, ANN201
+        if self.optimizer is not None or (not self.head_learning_rate and self.layer_lr_decay == 1.0):
+            return super().create_optimizer(model)
+        # Trainer's two groups (weight decay or not), split further by learning rate; the scheduler scales each group.
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        rates = parameter_learning_rates(opt_model, self.args.learning_rate, self.head_learning_rate, self.layer_lr_decay)
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+        for name, param in opt_model.named_parameters():
+            if name in rates:
+                groups.setdefault((rates[name], self.args.weight_decay if name in decay else 0.0), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
+                                       **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         inputs = dict(inputs)
@@ -189,22 +243,31 @@ def _predict(trainer: Trainer, dataset: EncodedDataset, num_topics: int) -> tupl
     return sigmoid(logits[:, :num_topics]), logits[:, num_topics:]
 
 
-def _report(topic_probs: np.ndarray, stance_logits: np.ndarray, records: list[Record], thresholds: np.ndarray,
+def _report(topic_probs: np.ndarray, stance_scores: np.ndarray, records: list[Record], thresholds: np.ndarray,
             schema: LabelSchema, cfg: RunConfig) -> dict[str, Any]:
     topics, stances = label_matrix(records, schema)
     report = evaluate_predictions(
-        np.asarray(topics, dtype=bool), topic_probs >= thresholds, np.asarray(stances), stance_logits.argmax(1),
+        np.asarray(topics, dtype=bool), topic_probs >= thresholds, np.asarray(stances), stance_scores.argmax(1),
         [r.article_id for r in records], schema, cfg.train.bootstrap_samples, cfg.train.seed,
     )
-    report["china_stance_without_china"] = china_stance_without_china(stances, stance_logits.argmax(1), schema.stances.index("none"))
+    report["china_stance_without_china"] = china_stance_without_china(stances, stance_scores.argmax(1), schema.stances.index("none"))
     return report
 
 
-def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: RunConfig) -> dict[str, Any]:
-    """The baseline, fitted on train (thresholds on dev), scored on test and on the stress set if there is one."""
-    from coopstance.baseline import TfidfBaseline
+def add_second_opinion(outputs: dict[str, tuple[np.ndarray, np.ndarray]], splits: dict[str, list[Record]], tfidf: TfidfBaseline,
+                       schema: LabelSchema) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Blend the encoder's (topic, stance) probabilities per split with the TF-IDF model's, weights chosen on dev."""
+    from coopstance.baseline import blend, choose_blend_weights
 
-    baseline = TfidfBaseline(schema, cfg.train.seed).fit(splits["train"], splits["dev"])
+    tfidf_outputs = {name: tfidf.predict_proba(splits[name]) for name in outputs}
+    dev_topics, dev_stances = label_matrix(splits["dev"], schema)
+    chosen = choose_blend_weights(outputs["dev"], tfidf_outputs["dev"], np.asarray(dev_topics, dtype=bool), np.asarray(dev_stances))
+    blended = {name: blend(outputs[name], tfidf_outputs[name], chosen["topic_weight"], chosen["stance_weight"]) for name in outputs}
+    return blended, {"name": "char 2-4-gram TF-IDF + logistic regression", "chosen_on": "dev", **chosen}
+
+
+def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: RunConfig, baseline: TfidfBaseline) -> dict[str, Any]:
+    """The baseline (fitted on train, thresholds on dev) scored on test and on the stress set if there is one."""
     report = {}
     for name in ("test", "stress"):
         if not splits.get(name):
@@ -220,7 +283,7 @@ def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: R
 
 
 def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, thresholds: np.ndarray, schema: LabelSchema,
-                 cfg: RunConfig) -> Path:
+                 cfg: RunConfig, second_opinion: tuple[TfidfBaseline, dict[str, Any]] | None = None) -> Path:
     """Write `<run>/model/` via a temporary folder and a rename, so a crash never leaves half a checkpoint."""
     final, tmp = cfg.run_dir / "model", cfg.run_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -229,6 +292,13 @@ def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, threshold
     model.config.context_sentences = cfg.data.context_sentences
     model.config.max_seq_length = cfg.model.max_length  # not "max_length": transformers reserves it for generation
     model.config.label_descriptions = dict(schema.descriptions)  # so the exported folder explains its labels (Tagger.label_info)
+    if second_opinion is not None:  # the Tagger blends the encoder's probabilities with this model's (coopstance.baseline)
+        from coopstance.baseline import SECOND_OPINION_FOLDER
+
+        tfidf, chosen = second_opinion
+        model.config.second_opinion = {"kind": "tfidf", "folder": SECOND_OPINION_FOLDER, "topic_weight": chosen["topic_weight"],
+                                       "stance_weight": chosen["stance_weight"]}
+        tfidf.save(tmp / SECOND_OPINION_FOLDER)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -269,6 +339,12 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
     topic_rows, stance_ids = label_matrix(splits["train"], schema)
     pos_weight, class_weight = loss_weights(topic_rows, stance_ids, schema, cfg.loss)
 
+    # With one epoch (or fewer steps) there is no epoch to choose: skip the per-epoch dev pass, the export scores dev anyway.
+    world = state.num_processes
+    steps_per_epoch = -(-len(datasets["train"]) // (cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world))
+    total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else int(np.ceil(cfg.train.epochs * steps_per_epoch))
+    choose_epoch = total_steps > steps_per_epoch
+
     bf16, fp16 = resolve_precision(cfg.train.precision)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "logs")
     args = TrainingArguments(
@@ -283,12 +359,12 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         weight_decay=cfg.train.weight_decay,
         bf16=bf16,
         fp16=fp16,
-        eval_strategy="epoch",
+        eval_strategy="epoch" if choose_epoch else "no",
         save_strategy="epoch",
         logging_strategy="steps",
         logging_steps=cfg.train.logging_steps,
         save_total_limit=cfg.train.save_total_limit,
-        load_best_model_at_end=True,
+        load_best_model_at_end=choose_epoch,
         metric_for_best_model="selection_score",
         greater_is_better=True,
         seed=cfg.train.seed,
@@ -310,7 +386,7 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
             labels[:, schema.num_topics].astype(int), logits[:, schema.num_topics:].argmax(1), schema.num_stances,
         )
 
-    callbacks = [EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []
+    callbacks = [EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience and choose_epoch else []
     trainer = MultiTaskTrainer(
         model=model,
         args=args,
@@ -324,27 +400,43 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
             "num_topics": schema.num_topics, "topic_pos_weight": pos_weight, "stance_class_weight": class_weight,
             "topic_weight": cfg.loss.topic_weight, "stance_weight": cfg.loss.stance_weight,
         },
+        head_learning_rate=cfg.train.head_learning_rate,
+        layer_lr_decay=cfg.train.layer_lr_decay,
     )
     throughput = attach_throughput(trainer)  # samples/s, tokens/s, padding, MFU, peak memory in every log
     train_output = trainer.train(resume_from_checkpoint=resume_from)
 
-    dev_probs, dev_stance = _predict(trainer, datasets["dev"], schema.num_topics)
-    test_probs, test_stance = _predict(trainer, datasets["test"], schema.num_topics)
     stress = load_records(cfg.data.stress_sources, schema) if cfg.data.stress_sources else []
-    if stress:
-        stress_probs, stress_stance = _predict(trainer, EncodedDataset(stress, tokenizer, schema, cfg), schema.num_topics)
+    scored = {"dev": splits["dev"], "test": splits["test"], **({"stress": stress} if stress else {})}
+    outputs = {}  # split -> (topic probabilities, stance probabilities)
+    for name, part in scored.items():
+        topic_probs, stance_logits = _predict(trainer, datasets[name] if name in datasets else EncodedDataset(part, tokenizer, schema, cfg),
+                                              schema.num_topics)
+        outputs[name] = (topic_probs, softmax(stance_logits))
     if not state.is_main_process:
         state.wait_for_everyone()
         return {}
-    thresholds = tune_thresholds(dev_probs, np.asarray(label_matrix(splits["dev"], schema)[0]))
+    tfidf = None
+    if cfg.train.baseline or cfg.train.tfidf_second_opinion:
+        from coopstance.baseline import TfidfBaseline
+
+        tfidf = TfidfBaseline(schema, cfg.train.seed).fit(splits["train"], splits["dev"])
+    second_opinion = None
+    if cfg.train.tfidf_second_opinion:
+        thresholds = tune_thresholds(outputs["dev"][0], np.asarray(label_matrix(splits["dev"], schema)[0]))
+        encoder_only = {name: headline_scores(np.asarray(label_matrix(part, schema)[0], dtype=bool), outputs[name][0] >= thresholds,
+                                              np.asarray(label_matrix(part, schema)[1]), outputs[name][1].argmax(1), schema.num_stances)
+                        for name, part in scored.items()}
+        outputs, second_opinion = add_second_opinion(outputs, scored, tfidf, schema)
+        second_opinion["encoder_alone"] = {name: {k: round(v, 4) for k, v in s.items()} for name, s in encoder_only.items()}
+    thresholds = tune_thresholds(outputs["dev"][0], np.asarray(label_matrix(splits["dev"], schema)[0]))
     metrics: dict[str, Any] = {
         "run": cfg.train.run_name,
         "model": cfg.model.name_or_path,
         "note": "dev scores use thresholds tuned on dev (optimistic); test is the held-out estimate",
         "thresholds": {t: float(v) for t, v in zip(schema.topics, thresholds)},
-        "dev": _report(dev_probs, dev_stance, splits["dev"], thresholds, schema, cfg),
-        "test": _report(test_probs, test_stance, splits["test"], thresholds, schema, cfg),
-        **({"stress": _report(stress_probs, stress_stance, stress, thresholds, schema, cfg)} if stress else {}),
+        **{name: _report(*outputs[name], part, thresholds, schema, cfg) for name, part in scored.items()},
+        **({"second_opinion": second_opinion} if second_opinion else {}),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_steps": int(train_output.global_step),
         "train_loss": float(train_output.training_loss),
@@ -352,8 +444,9 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "throughput": throughput.summary(),
     }
     if cfg.train.baseline:
-        metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression", **baseline_report({**splits, "stress": stress}, schema, cfg)}
-    model_dir = export_model(trainer, tokenizer, thresholds, schema, cfg)
+        metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression",
+                               **baseline_report({**splits, "stress": stress}, schema, cfg, tfidf)}
+    model_dir = export_model(trainer, tokenizer, thresholds, schema, cfg, (tfidf, second_opinion) if second_opinion else None)
     write_model_card(model_dir, splits, metrics["test"], metrics.get("baseline", {}).get("test"), "the training run (metrics.json)")
     metrics["checkpoints_kept"] = cfg.train.keep_checkpoints
     atomic_write_json(run_dir / FINISHED_MARKER, metrics)

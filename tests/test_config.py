@@ -51,6 +51,10 @@ def test_wrong_types_and_invalid_values_name_the_key(tmp_path):
         load_config(None, ["train.epochs=many"])
     with pytest.raises(ConfigError, match="Did you mean 'bf16'"):
         load_config(None, ["train.precision=bf61"])
+    with pytest.raises(ConfigError, match=r"train.layer_lr_decay=1.5 must be in \(0, 1\]"):
+        load_config(None, ["train.layer_lr_decay=1.5"])
+    with pytest.raises(ConfigError, match="train.head_learning_rate=-0.1 must be >= 0"):
+        load_config(None, ["train.head_learning_rate=-0.1"])
     bad = tmp_path / "b.yaml"
     bad.write_text("data:\n  context_sentences: 99\n")
     with pytest.raises(ConfigError, match=r"b.yaml: data.context_sentences=99"):

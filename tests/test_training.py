@@ -189,3 +189,72 @@ def test_overwrite_starts_afresh_and_is_needed_for_a_finished_run(tmp_path):
     fresh = tiny_config(tmp_path, "train.run_name=old", "train.overwrite=true")
     assert prepare_run_dir(fresh, state) is None
     assert not cfg.run_dir.exists()
+
+
+def test_head_learning_rate_and_layer_decay_reach_the_optimizer_and_keep_their_ratios(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                                     intermediate_size=32, num_labels=5))
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # model.freeze_word_embeddings
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, weight_decay=0.01, report_to="none", use_cpu=True,
+                             max_steps=10, warmup_steps=0)
+    trainer = MultiTaskTrainer(model=model, args=args, loss_fn_kwargs={"num_topics": 4}, head_learning_rate=1e-3, layer_lr_decay=0.5)
+    trainer.create_optimizer_and_scheduler(10)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in trainer.optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    expected = {
+        "bert.encoder.layer.2.attention.self.query.weight": (1e-4, 0.01),
+        "bert.encoder.layer.1.output.dense.weight": (5e-5, 0.01),
+        "bert.encoder.layer.0.output.LayerNorm.weight": (2.5e-5, 0.0),
+        "bert.embeddings.position_embeddings.weight": (1.25e-5, 0.01),
+        "bert.pooler.dense.weight": (1e-3, 0.01),
+        "classifier.bias": (1e-3, 0.0),
+    }
+    for name, (lr, wd) in expected.items():
+        assert lr_of[id(params[name])] == (pytest.approx(lr), wd), name
+    assert id(params["bert.embeddings.word_embeddings.weight"]) not in lr_of  # frozen: not in the optimizer
+    assert len(lr_of) == sum(p.requires_grad for p in model.parameters())
+    for _ in range(3):
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    by_lr = sorted({g["lr"] for g in trainer.optimizer.param_groups})
+    assert by_lr[-1] / by_lr[0] == pytest.approx(1e-3 / 1.25e-5)  # the schedule scales every group alike
+
+
+def test_without_the_options_the_optimizer_is_trainers_own(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=32, num_labels=5))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, report_to="none", use_cpu=True, max_steps=1)
+    trainer = MultiTaskTrainer(model=model, args=args, loss_fn_kwargs={"num_topics": 4})
+    trainer.create_optimizer()
+    assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-4} and len(trainer.optimizer.param_groups) == 2
+
+
+def test_tfidf_second_opinion_is_chosen_on_dev_exported_and_applied_by_the_tagger(tmp_path, monkeypatch):
+    from coopstance.baseline import TfidfBaseline
+    from coopstance.evaluation import run_evaluation
+    from coopstance.inference import Tagger
+
+    cfg = tiny_config(tmp_path, "train.run_name=blend", SMALL_SOURCES, "train.epochs=1", "train.tfidf_second_opinion=true",
+                      "train.baseline=true")
+    metrics = train(cfg)
+    opinion = metrics["second_opinion"]
+    assert opinion["chosen_on"] == "dev" and len(opinion["dev_grid"]) == 10
+    assert set(opinion["encoder_alone"]) == {"dev", "test", "stress"}
+    config = json.loads((cfg.run_dir / "model" / "config.json").read_text())
+    assert config["second_opinion"] == {"kind": "tfidf", "folder": "tfidf", "topic_weight": opinion["topic_weight"],
+                                        "stance_weight": opinion["stance_weight"]}
+    assert opinion["topic_weight"] > 0  # a random-init tiny model always needs the help
+    tagger = Tagger(cfg.run_dir / "model")
+    assert tagger.second_opinion is not None and tagger.label_info()["second_opinion"]["topic_weight"] == opinion["topic_weight"]
+    # the tagger reproduces the blended test figures, and evaluate reuses the exported TF-IDF model instead of refitting
+    monkeypatch.setattr(TfidfBaseline, "fit", lambda *a, **k: pytest.fail("the exported TF-IDF model should be reused"))
+    evaluation = run_evaluation(cfg.run_dir / "model", "test", bootstrap_samples=0)
+    for key in ("topic_macro_f1", "stance_macro_f1"):
+        assert evaluation.metrics["model_scores"][key] == pytest.approx(metrics["test"][key], abs=2e-3)
+        assert evaluation.metrics["baseline_scores"][key] == pytest.approx(metrics["baseline"]["test"][key], abs=1e-9)
+    card = (cfg.run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    assert "`tfidf/`" in card and "encoder alone" in card
