@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from coopstance.utils import current_umask
+
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 OPSET = 18
 FP32_TOLERANCE = 1e-4  # largest absolute logit difference accepted between model.onnx and torch on the sample batch
@@ -45,6 +47,7 @@ def _replace_atomically(write: Callable[[Path], None], destination: Path) -> Non
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a model folder is meant to be shared
         os.replace(tmp, destination)
     finally:
         Path(tmp).unlink(missing_ok=True)

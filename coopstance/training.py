@@ -70,7 +70,7 @@ from coopstance.model import (
 )
 from coopstance.modelcard import write_model_card
 from coopstance.throughput import ShuffledLengthGroupedSampler, attach_throughput, speed_arguments
-from coopstance.utils import atomic_write_json, atomic_write_text
+from coopstance.utils import atomic_write_json, atomic_write_text, current_umask
 
 FINISHED_MARKER = "metrics.json"
 
@@ -238,9 +238,14 @@ def _tokenizer_and_model(
 
 
 def _predict(trainer: Trainer, dataset: EncodedDataset, num_topics: int) -> tuple[np.ndarray, np.ndarray]:
-    logits = trainer.predict(dataset).predictions
+    """Topic probabilities and stance logits, row-aligned with `dataset`. Rows go through the model sorted by length
+    (batches in dataset order carry about 45% padding) and are put back in order."""
+    order = np.argsort([len(ids) for ids in dataset.encodings["input_ids"]], kind="stable")
+    logits = trainer.predict(torch.utils.data.Subset(dataset, order.tolist())).predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
-    return sigmoid(logits[:, :num_topics]), logits[:, num_topics:]
+    unsorted = np.empty_like(logits)
+    unsorted[order] = logits
+    return sigmoid(unsorted[:, :num_topics]), unsorted[:, num_topics:]
 
 
 def _report(topic_probs: np.ndarray, stance_scores: np.ndarray, records: list[Record], thresholds: np.ndarray,
@@ -302,6 +307,10 @@ def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, threshold
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    file_mode = 0o666 & ~current_umask()  # transformers writes the weights via a private (0600) temporary file
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            path.chmod(file_mode)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final

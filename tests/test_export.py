@@ -26,6 +26,10 @@ def exported(trained_run, tmp_path_factory):
     shutil.copytree(cfg.run_dir / "model", model_dir)
     assert main(["export-onnx", "--model", str(model_dir), "--int8"]) == 0
     assert (model_dir / "model.onnx").is_file() and (model_dir / "model.int8.onnx").is_file()
+    from coopstance.utils import current_umask
+
+    for name in ("model.onnx", "model.int8.onnx"):  # shareable like the rest of the folder, not mkstemp's 0600
+        assert (model_dir / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
     return model_dir
 
 

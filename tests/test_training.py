@@ -140,7 +140,7 @@ def test_finished_run_is_lean_and_shareable(tmp_path):
     # written via temporary files, but with the usual umask permissions (not mkstemp's 0600)
     from coopstance.utils import current_umask
 
-    for name in ("metrics.json", "config.yaml", "command.txt", "model/config.json"):
+    for name in ("metrics.json", "config.yaml", "command.txt", "model/config.json", "model/model.safetensors", "model/tokenizer.json"):
         assert (cfg.run_dir / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
 
 
