@@ -37,9 +37,6 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-if TYPE_CHECKING:
-    from coopstance.baseline import TfidfBaseline
-
 from coopstance.config import RunConfig
 from coopstance.data import (
     Record,
@@ -71,6 +68,9 @@ from coopstance.model import (
 from coopstance.modelcard import write_model_card
 from coopstance.throughput import ShuffledLengthGroupedSampler, attach_throughput, speed_arguments
 from coopstance.utils import atomic_write_json, atomic_write_text, current_umask
+
+if TYPE_CHECKING:  # imported where used: sklearn loads only when a run fits the TF-IDF model
+    from coopstance.baseline import TfidfBaseline
 
 FINISHED_MARKER = "metrics.json"
 
