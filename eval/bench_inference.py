@@ -112,7 +112,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="exported (fine-tuned) model folder")
     source.add_argument("--encoder", help="base encoder folder; a random coopstance head is put on it (speed only)")
-    parser.add_argument("--max-length", type=int, default=96, help="max_seq_length for --encoder (configs/e5-small.yaml: 96)")
+    parser.add_argument("--max-length", type=int, default=96, help="max_seq_length for --encoder (configs/e5-small.yaml: 128)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-sentences", type=int, default=0, help="use the first N test sentences (0: all; ~300 is enough for e5 on 2 cores)")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -137,7 +137,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="exported model folder (default: a tiny random-init BERT built here)")
     source.add_argument("--encoder", help="base encoder folder; a random coopstance head is put on it (speed only)")
-    parser.add_argument("--max-length", type=int, default=96, help="max_seq_length for --encoder (configs/e5-small.yaml: 96)")
+    parser.add_argument("--max-length", type=int, default=96, help="max_seq_length for --encoder (configs/e5-small.yaml: 128)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=2000, help="requests per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
