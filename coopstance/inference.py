@@ -367,9 +367,9 @@ class Tagger:
         """The TF-IDF model exported beside the encoder (`train.tfidf_second_opinion`) and its blend weights, if any."""
         if not spec or not (spec.get("topic_weight") or spec.get("stance_weight")):
             return None
-        from coopstance.baseline import TfidfBaseline
+        from coopstance.baseline import SECOND_OPINION_FOLDER, TfidfBaseline
 
-        tfidf = TfidfBaseline.load(self.model_dir / spec.get("folder", "tfidf"), self.schema)
+        tfidf = TfidfBaseline.load(self.model_dir / spec.get("folder", SECOND_OPINION_FOLDER), self.schema)
         return tfidf, float(spec.get("topic_weight", 0.0)), float(spec.get("stance_weight", 0.0))
 
     def _init_torch(self, config: Any, device: str | None) -> None:
