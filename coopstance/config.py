@@ -198,6 +198,12 @@ class TrainArgs:
         "reports the encoder alone beside it (second_opinion.encoder_alone). Cheap, and robust to unfamiliar styles.",
         False,
     )
+    calibrate: bool = _help(
+        "Fit score calibration on dev after training (and after the TF-IDF blend): one Platt map shared by the topics and a "
+        "stance temperature (coopstance.calibration). Monotone, so the tags do not change; the scores then mean what they "
+        "say (a topic score of 0.8 is right about 80% of the time). Exported with the model; the Tagger applies it.",
+        True,
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -10,10 +10,12 @@
 
 This module is the whole public inference API: `coopstance predict`, the HTTP service and bulk tagging use only it,
 and it never imports `coopstance.training`. The exported folder is a plain transformers checkpoint; everything the
-tagger needs (label names, topic thresholds, context size, label definitions) is read from its config.json.
+tagger needs (label names, topic thresholds, context size, label definitions, the TF-IDF blend weights and the score
+calibration) is read from its config.json.
 
 Output rows (`ArticleResult.records()`), the format of `coopstance predict --format jsonl` and of the service and bulk
-tagger; these field names are stable. Scores are probabilities rounded to 4 decimals.
+tagger; these field names are stable. Scores are probabilities (calibrated on dev where the model stores a calibration)
+rounded to 4 decimals.
 
 One row per sentence, in reading order:
     type            "sentence"
@@ -53,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from coopstance.calibration import Calibration
 from coopstance.data import context_pair
 from coopstance.labels import DEFAULT_LABELS_FILE, LabelSchema, load_schema
 from coopstance.metrics import DEFAULT_THRESHOLD, sigmoid, softmax
@@ -358,6 +361,8 @@ class Tagger:
         self.input_names = [n for n in self.tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.second_opinion = self._load_second_opinion(getattr(config, "second_opinion", None))
+        spec = getattr(config, "calibration", None)
+        self.calibration = Calibration.from_dict(spec, str(path / "config.json")) if spec else None
         if backend == "torch":
             self._init_torch(config, device)
         else:
@@ -418,6 +423,7 @@ class Tagger:
             "max_seq_length": self.max_length,
             "second_opinion": {"kind": "tfidf", "topic_weight": self.second_opinion[1], "stance_weight": self.second_opinion[2]}
             if self.second_opinion else None,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
             "backend": self.backend,
         }
 
@@ -494,6 +500,8 @@ class Tagger:
 
             tfidf, topic_weight, stance_weight = self.second_opinion
             topic_probs, stance_probs = blend((topic_probs, stance_probs), tfidf.scores([s.text for s in spans]), topic_weight, stance_weight)
+        if self.calibration is not None:  # monotone maps fitted on dev at export; the thresholds are for calibrated scores
+            topic_probs, stance_probs = self.calibration.apply(topic_probs, stance_probs)
         tags = []
         for span, tp, sp, cut in zip(spans, topic_probs, stance_probs, truncated):
             tags.append(SentenceTags(

@@ -127,8 +127,15 @@ def render_model_card(
         f"`{opinion.get('folder', 'tfidf')}/` (TF-IDF weight {opinion.get('topic_weight')} for topics, {opinion.get('stance_weight')} for "
         "stance, chosen on dev; `train.tfidf_second_opinion`). `Tagger` applies the blend, and the figures below are for it."
     ) if opinion.get("topic_weight") or opinion.get("stance_weight") else ""
-    plain_note = (" This gives the encoder alone, without the TF-IDF second opinion; the thresholds were tuned for the blend, "
-                  "so use `Tagger` for the evaluated tags.") if blend_note else ""
+    calibration = config.get("calibration") or {}
+    calibration_note = (
+        f"\n\nThe scores are calibrated on dev (`train.calibrate`, `calibration` in `config.json`): topics map "
+        f"p -> sigmoid({calibration.get('topic_scale')} * logit(p) + {calibration.get('topic_shift')}), stance probabilities take a "
+        f"temperature of {calibration.get('stance_temperature')}. Both maps are monotone, so they change no tag; the thresholds "
+        "are for calibrated scores."
+    ) if calibration else ""
+    plain_note = (" This gives the encoder alone, without the TF-IDF second opinion or the calibration; the thresholds were tuned "
+                  "for the Tagger's final scores, so use `Tagger` for the evaluated tags.") if blend_note or calibration_note else ""
     data = training.get("data", {})
     train_args = training.get("train", {})
 
@@ -174,7 +181,7 @@ Tags the sentences of news articles in {', '.join(languages)} with the **coopera
 {chr(10).join(label_rows)}
 
 A topic is predicted when its probability reaches the threshold (tuned per topic on dev, stored in `config.json` as
-`topic_thresholds`); the stance is the most probable class.{blend_note}
+`topic_thresholds`); the stance is the most probable class.{blend_note}{calibration_note}
 
 ## Training data and split
 

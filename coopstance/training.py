@@ -37,6 +37,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from coopstance.calibration import Calibration, fit_calibration
 from coopstance.config import RunConfig
 from coopstance.data import (
     Record,
@@ -51,6 +52,7 @@ from coopstance.metrics import (
     china_stance_without_china,
     epoch_dev_scores,
     evaluate_predictions,
+    expected_calibration_error,
     headline_scores,
     sigmoid,
     softmax,
@@ -271,6 +273,24 @@ def add_second_opinion(outputs: dict[str, tuple[np.ndarray, np.ndarray]], splits
     return blended, {"name": "char 2-4-gram TF-IDF + logistic regression", "chosen_on": "dev", **chosen}
 
 
+def calibrate_outputs(outputs: dict[str, tuple[np.ndarray, np.ndarray]], splits: dict[str, list[Record]],
+                      schema: LabelSchema) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Calibration, dict[str, Any]]:
+    """Fit the calibration maps on dev, apply them to every split; report the expected calibration error before and after."""
+    truth = {name: label_matrix(part, schema) for name, part in splits.items()}
+    calibration = fit_calibration(outputs["dev"][0], np.asarray(truth["dev"][0]), outputs["dev"][1], np.asarray(truth["dev"][1]))
+    calibrated = {name: calibration.apply(*probs) for name, probs in outputs.items()}
+
+    def ece(probs: tuple[np.ndarray, np.ndarray], name: str) -> dict[str, float]:
+        topics, stances = np.asarray(truth[name][0], dtype=bool), np.asarray(truth[name][1])
+        return {"topics": round(expected_calibration_error(probs[0].ravel(), topics.ravel()), 4),
+                "stance": round(expected_calibration_error(probs[1].max(1), probs[1].argmax(1) == stances), 4)}
+
+    report = {**calibration.to_dict(), "fitted_on": "dev",
+              "expected_calibration_error": {name: {"before": ece(outputs[name], name), "after": ece(calibrated[name], name)}
+                                             for name in outputs}}
+    return calibrated, calibration, report
+
+
 def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: RunConfig, baseline: TfidfBaseline) -> dict[str, Any]:
     """The baseline (fitted on train, thresholds on dev) scored on test and on the stress set if there is one."""
     report = {}
@@ -288,7 +308,8 @@ def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: R
 
 
 def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, thresholds: np.ndarray, schema: LabelSchema,
-                 cfg: RunConfig, second_opinion: tuple[TfidfBaseline, dict[str, Any]] | None = None) -> Path:
+                 cfg: RunConfig, second_opinion: tuple[TfidfBaseline, dict[str, Any]] | None = None,
+                 calibration: Calibration | None = None) -> Path:
     """Write `<run>/model/` via a temporary folder and a rename, so a crash never leaves half a checkpoint."""
     final, tmp = cfg.run_dir / "model", cfg.run_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -304,6 +325,8 @@ def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, threshold
         model.config.second_opinion = {"kind": "tfidf", "folder": SECOND_OPINION_FOLDER, "topic_weight": chosen["topic_weight"],
                                        "stance_weight": chosen["stance_weight"]}
         tfidf.save(tmp / SECOND_OPINION_FOLDER)
+    if calibration is not None:  # applied by the Tagger after the blend (coopstance.calibration)
+        model.config.calibration = calibration.to_dict()
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -438,6 +461,9 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
                         for name, part in scored.items()}
         outputs, second_opinion = add_second_opinion(outputs, scored, tfidf, schema)
         second_opinion["encoder_alone"] = {name: {k: round(v, 4) for k, v in s.items()} for name, s in encoder_only.items()}
+    calibration, calibration_report = None, None
+    if cfg.train.calibrate:  # monotone maps fitted on dev: the thresholds below are tuned on the calibrated scores
+        outputs, calibration, calibration_report = calibrate_outputs(outputs, scored, schema)
     thresholds = tune_thresholds(outputs["dev"][0], np.asarray(label_matrix(splits["dev"], schema)[0]))
     metrics: dict[str, Any] = {
         "run": cfg.train.run_name,
@@ -446,6 +472,7 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "thresholds": {t: float(v) for t, v in zip(schema.topics, thresholds)},
         **{name: _report(*outputs[name], part, thresholds, schema, cfg) for name, part in scored.items()},
         **({"second_opinion": second_opinion} if second_opinion else {}),
+        **({"calibration": calibration_report} if calibration_report else {}),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_steps": int(train_output.global_step),
         "train_loss": float(train_output.training_loss),
@@ -455,7 +482,8 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.train.baseline:
         metrics["baseline"] = {"name": "char 2-4-gram TF-IDF + logistic regression",
                                **baseline_report({**splits, "stress": stress}, schema, cfg, tfidf)}
-    model_dir = export_model(trainer, tokenizer, thresholds, schema, cfg, (tfidf, second_opinion) if second_opinion else None)
+    model_dir = export_model(trainer, tokenizer, thresholds, schema, cfg, (tfidf, second_opinion) if second_opinion else None,
+                             calibration)
     write_model_card(model_dir, splits, metrics["test"], metrics.get("baseline", {}).get("test"), "the training run (metrics.json)")
     metrics["checkpoints_kept"] = cfg.train.keep_checkpoints
     atomic_write_json(run_dir / FINISHED_MARKER, metrics)
