@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from coopstance.config import TINY_MODEL, LossArgs, ModelArgs
+from coopstance.config import TINY_MODEL, ConfigError, LossArgs, ModelArgs
 from coopstance.encoders import RECIPES as ENCODER_RECIPES
 from coopstance.labels import LabelSchema
 
@@ -146,9 +146,25 @@ def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedMod
         ignore_mismatched_sizes=True,  # an already fine-tuned checkpoint may carry a head of another size
         attn_implementation=args.attention,
     )
+    freeze(model, args)
+    return model, tokenizer
+
+
+def freeze(model: PreTrainedModel, args: ModelArgs) -> None:
+    """`model.freeze_word_embeddings` and `model.freeze_layers`: parameters that get no gradient and no optimizer state."""
     if args.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    return model, tokenizer
+    if not args.freeze_layers:
+        return
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(base, "embeddings"):
+        raise ConfigError(f"model.freeze_layers: {type(model).__name__} has no BERT-style embeddings and encoder.layer; set it to 0")
+    if args.freeze_layers > len(layers):
+        raise ConfigError(f"model.freeze_layers={args.freeze_layers} but the encoder has {len(layers)} layers; use at most {len(layers)}")
+    for module in [base.embeddings, *layers[:args.freeze_layers]]:
+        for param in module.parameters():
+            param.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,7 +229,9 @@ def build_tiny_model(args: ModelArgs, schema: LabelSchema, tokenizer: PreTrained
         pad_token_id=tokenizer.pad_token_id,
         attn_implementation=args.attention,
     )
-    return BertForSequenceClassification(config)
+    model = BertForSequenceClassification(config)
+    freeze(model, args)
+    return model
 
 
 def is_tiny(args: ModelArgs) -> bool:

@@ -95,3 +95,23 @@ def test_tiny_tokenizer_is_deterministic_and_covers_the_text():
     assert first.get_vocab() == second.get_vocab()
     tokens = first.convert_ids_to_tokens(first("Batterien und Chips.")["input_ids"])
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "[UNK]" not in tokens
+
+
+def test_freeze_layers_stops_the_gradient_below_layer_n(schema):
+    from coopstance.config import ConfigError, TinyModelArgs
+    from coopstance.model import build_tiny_model, train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(["Chips und Batterien.", "芯片出口管制。"] * 20, vocab_size=300)
+    tiny = TinyModelArgs(num_hidden_layers=3)
+    model = build_tiny_model(ModelArgs(name_or_path="tiny", freeze_layers=2, tiny=tiny), schema, tokenizer)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.1.")) for n in trainable)
+    assert any(n.startswith("bert.encoder.layer.2.") for n in trainable) and "classifier.weight" in trainable
+    loss = model(**tokenizer(["Chips."], return_tensors="pt")).logits.sum()
+    loss.backward()
+    assert model.bert.encoder.layer[1].output.dense.weight.grad is None
+    assert model.bert.encoder.layer[2].output.dense.weight.grad is not None
+    with pytest.raises(ConfigError, match="model.freeze_layers=4 but the encoder has 3 layers; use at most 3"):
+        build_tiny_model(ModelArgs(name_or_path="tiny", freeze_layers=4, tiny=tiny), schema, tokenizer)
+    with pytest.raises(ConfigError, match="model.freeze_layers=-1 must be >= 0"):
+        ModelArgs(name_or_path="tiny", freeze_layers=-1)
