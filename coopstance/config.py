@@ -116,6 +116,11 @@ class DataArgs:
         "implicit references ('the three ministers', 'Beijing') can be resolved. 0 = sentence alone.",
         0,
     )
+    context_headline: bool = _help(
+        "Start every sentence's context segment with its article's first sentence (the headline), so the model knows what "
+        "the article is about: a sentence's stance toward China often rests on that ('The host spoke of a new start').",
+        False,
+    )
 
     def __post_init__(self) -> None:
         if not self.sources:

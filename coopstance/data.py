@@ -303,22 +303,32 @@ def write_splits(splits: dict[str, list[str]], path: str | Path, comment: str) -
 # Model inputs.
 
 
-def context_pair(sentences: list[str], index: int, n: int) -> str | None:
-    """Second segment for sentence `index`: the n sentences before and after it, or None when n == 0."""
-    if n <= 0:
+def context_pair(sentences: list[str], index: int, n: int, headline: bool = False) -> str | None:
+    """Second segment for sentence `index`: the n sentences before and after it (`before [...] after`), led by the
+    article's first sentence when `headline` (`headline [...] before [...] after`) unless that is already among them or is
+    the sentence itself; None when there is no context at all (n == 0 and no headline)."""
+    if n <= 0 and not headline:
         return None
-    before = " ".join(sentences[max(0, index - n):index])
-    after = " ".join(sentences[index + 1:index + 1 + n])
-    return f"{before} [...] {after}".strip()
+    parts = []
+    if headline and index - max(n, 0) > 0:
+        parts.append(sentences[0])
+    if n > 0:
+        parts += [" ".join(sentences[max(0, index - n):index]), " ".join(sentences[index + 1:index + 1 + n])]
+    return " [...] ".join(parts).strip()
 
 
-def model_inputs(records: list[Record], context_sentences: int) -> tuple[list[str], list[str | None]]:
+def uses_context(context_sentences: int, context_headline: bool) -> bool:
+    """Whether the model reads a second segment at all (else sentences go in alone, without a pair)."""
+    return context_sentences > 0 or context_headline
+
+
+def model_inputs(records: list[Record], context_sentences: int, context_headline: bool = False) -> tuple[list[str], list[str | None]]:
     """Texts and their context segments, with context taken from each record's own article."""
     articles = group_articles(records)
     by_article = {a: [r.text for r in rs] for a, rs in articles.items()}
     position = {(a, r.sentence_id): i for a, rs in articles.items() for i, r in enumerate(rs)}
     pairs = [
-        context_pair(by_article[r.article_id], position[(r.article_id, r.sentence_id)], context_sentences)
+        context_pair(by_article[r.article_id], position[(r.article_id, r.sentence_id)], context_sentences, context_headline)
         for r in records
     ]
     return [r.text for r in records], pairs

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from coopstance.calibration import Calibration
-from coopstance.data import context_pair
+from coopstance.data import context_pair, uses_context
 from coopstance.labels import DEFAULT_LABELS_FILE, LabelSchema, load_schema
 from coopstance.metrics import DEFAULT_THRESHOLD, sigmoid, softmax
 
@@ -355,6 +355,7 @@ class Tagger:
         thresholds = getattr(config, "topic_thresholds", None) or {}
         self.thresholds = np.array([thresholds.get(t, DEFAULT_THRESHOLD) for t in self.schema.topics])
         self.context_sentences = int(getattr(config, "context_sentences", 0) or 0)
+        self.context_headline = bool(getattr(config, "context_headline", False))
         self.max_length = int(getattr(config, "max_seq_length", 128) or 128)
         self.label_descriptions: dict[str, str] = dict(getattr(config, "label_descriptions", None) or {})
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -420,6 +421,7 @@ class Tagger:
             ],
             "stances": [{"id": s, "definition": descriptions.get(s, "")} for s in self.schema.stances],
             "context_sentences": self.context_sentences,
+            "context_headline": self.context_headline,
             "max_seq_length": self.max_length,
             "second_opinion": {"kind": "tfidf", "topic_weight": self.second_opinion[1], "stance_weight": self.second_opinion[2]}
             if self.second_opinion else None,
@@ -429,7 +431,7 @@ class Tagger:
 
     def _encode(self, texts: list[str], pairs: list[str | None]) -> list[tuple[dict[str, list[int]], bool]]:
         """Token ids per sentence (+ context segment), truncated to max_length, with a flag for a cut sentence."""
-        second = pairs if self.context_sentences else None
+        second = pairs if uses_context(self.context_sentences, self.context_headline) else None
         batch = self.tokenizer(texts, second, truncation=True, max_length=self.max_length)
         out = []
         full_length_rows = [i for i, ids in enumerate(batch["input_ids"]) if len(ids) >= self.max_length]
@@ -481,7 +483,7 @@ class Tagger:
     def _items_for(self, sentences: list[str]) -> list[_Item]:
         if not sentences:
             return []
-        pairs = [context_pair(sentences, i, self.context_sentences) for i in range(len(sentences))]
+        pairs = [context_pair(sentences, i, self.context_sentences, self.context_headline) for i in range(len(sentences))]
         encoded = self._encode(sentences, pairs)
         return [_Item(enc, cut) for enc, cut in encoded]
 

@@ -152,8 +152,14 @@ def render_model_card(
     topic_rows = [f"| `{t}` | {e['support']} | {_value({'f1': e['f1'], 'ci95': {'f1': e.get('f1_ci95')}}, 'f1')} | "
                   + (f"{baseline_scores['topics'][t]['f1']:.3f}" if baseline_scores else "–") + " |"
                   for t, e in test_scores["topics"].items()]
+    headline = bool(config.get("context_headline"))
     context_line = (f"The model reads each sentence with the {context} sentence(s) before and after it as a second segment "
                     "(`sentence`, `before [...] after`); `Tagger` builds that for you.") if context else "The model reads each sentence alone."
+    if headline:
+        context_line = (f"The model reads each sentence with a second segment: the article's first sentence (its headline), then "
+                        f"the {context} sentence(s) before and after it (`headline [...] before [...] after`); `Tagger` builds that "
+                        "for you.") if context else ("The model reads each sentence with its article's first sentence (its headline) "
+                                                     "as a second segment; `Tagger` builds that for you.")
 
     body = f"""
 # coopstance: `{run_name}`

@@ -82,7 +82,7 @@ def export_onnx(model_dir: str | Path, int8: bool = False, log: Callable[[str], 
         raise ExportError(f"{path / 'config.json'}: no coopstance label metadata ({err})") from None
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, config=config).eval()
-    context = int(getattr(config, "context_sentences", 0) or 0)
+    context = int(getattr(config, "context_sentences", 0) or 0) or bool(getattr(config, "context_headline", False))
     pairs = ["[...] " + SAMPLE_SENTENCES[0]] * len(SAMPLE_SENTENCES) if context else None
     names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
     sample = tokenizer(SAMPLE_SENTENCES, pairs, padding=True, truncation=True, return_tensors="pt")

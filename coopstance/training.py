@@ -46,6 +46,7 @@ from coopstance.data import (
     load_splits,
     model_inputs,
     split_records,
+    uses_context,
 )
 from coopstance.labels import LabelSchema, load_schema
 from coopstance.metrics import (
@@ -85,8 +86,8 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Tokenized sentences with packed labels `[multi-hot topics | stance index]`."""
 
     def __init__(self, records: list[Record], tokenizer: PreTrainedTokenizerBase, schema: LabelSchema, cfg: RunConfig) -> None:
-        texts, pairs = model_inputs(records, cfg.data.context_sentences)
-        second = pairs if cfg.data.context_sentences > 0 else None
+        texts, pairs = model_inputs(records, cfg.data.context_sentences, cfg.data.context_headline)
+        second = pairs if uses_context(cfg.data.context_sentences, cfg.data.context_headline) else None
         self.encodings = tokenizer(texts, second, truncation=True, max_length=cfg.model.max_length)
         topics, stances = label_matrix(records, schema)
         self.labels = [row + [float(s)] for row, s in zip(topics, stances)]
@@ -316,6 +317,7 @@ def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, threshold
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.topic_thresholds = {t: float(v) for t, v in zip(schema.topics, thresholds)}
     model.config.context_sentences = cfg.data.context_sentences
+    model.config.context_headline = cfg.data.context_headline
     model.config.max_seq_length = cfg.model.max_length  # not "max_length": transformers reserves it for generation
     model.config.label_descriptions = dict(schema.descriptions)  # so the exported folder explains its labels (Tagger.label_info)
     if second_opinion is not None:  # the Tagger blends the encoder's probabilities with this model's (coopstance.baseline)

@@ -151,14 +151,14 @@ def main() -> None:
 
         taggers = {f"Tagger {name}": Tagger(model_dir, backend=backend, device="cpu", batch_size=args.batch_size)
                    for name, backend in (("torch", "torch"), ("ONNX fp32", "onnx"), ("ONNX int8", "onnx-int8"))}
-        context = taggers["Tagger torch"].context_sentences
+        context, headline = taggers["Tagger torch"].context_sentences, taggers["Tagger torch"].context_headline
         classifier = pipeline("text-classification", model=str(model_dir), top_k=None, device="cpu")
         max_length = taggers["Tagger torch"].max_length
         chunks = article_chunks(articles, CHUNK_SENTENCES)
 
         def pipeline_run(chunk: list[list[str]]) -> None:
-            if context:  # the pipeline gets the same second segment as the Tagger
-                inputs = [{"text": s, "text_pair": context_pair(a, i, context)} for a in chunk for i, s in enumerate(a)]
+            if context or headline:  # the pipeline gets the same second segment as the Tagger
+                inputs = [{"text": s, "text_pair": context_pair(a, i, context, headline)} for a in chunk for i, s in enumerate(a)]
             else:
                 inputs = [s for a in chunk for s in a]
             # truncated like the Tagger's inputs, so both do the same work

@@ -176,6 +176,18 @@ def test_context_pairs_come_from_the_same_article(tmp_path, schema):
     assert list(group_articles(records)) == ["a", "b"]
 
 
+def test_headline_context_leads_the_segment_unless_it_is_already_there(tmp_path, schema):
+    sentences = ["H", "s1", "s2", "s3"]
+    assert [context_pair(sentences, i, 0, headline=True) for i in range(4)] == ["", "H", "H", "H"]
+    assert [context_pair(sentences, i, 1, headline=True) for i in range(4)] == ["[...] s1", "H [...] s2", "H [...] s1 [...] s3",
+                                                                                "H [...] s2 [...]"]
+    assert context_pair(sentences, 3, 2, headline=True) == "H [...] s1 s2 [...]"
+    assert context_pair(sentences, 2, 2, headline=True) == "H s1 [...] s3"  # the headline is already a neighbour
+    rows = [record("a", i, text=t) for i, t in enumerate(sentences)] + [record("b", 0, text="B0"), record("b", 1, text="B1")]
+    records = load_records([str(write_jsonl(tmp_path / "c.jsonl", rows))], schema)
+    assert model_inputs(records, 0, context_headline=True)[1] == ["", "H", "H", "H", "", "B0"]
+
+
 def test_label_matrix_follows_schema_order(tmp_path, schema):
     rows = [record(topics=[schema.topics[3], schema.topics[0]], stance=schema.stances[2])]
     records = load_records([str(write_jsonl(tmp_path / "c.jsonl", rows))], schema)

@@ -258,3 +258,27 @@ def test_tfidf_second_opinion_is_chosen_on_dev_exported_and_applied_by_the_tagge
         assert evaluation.metrics["baseline_scores"][key] == pytest.approx(metrics["baseline"]["test"][key], abs=1e-9)
     card = (cfg.run_dir / "model" / "README.md").read_text(encoding="utf-8")
     assert "`tfidf/`" in card and "encoder alone" in card
+
+
+def test_headline_context_is_trained_exported_and_rebuilt_by_the_tagger(tmp_path):
+    from coopstance.data import load_records, model_inputs
+    from coopstance.inference import Tagger
+
+    cfg = tiny_config(tmp_path, "train.run_name=headline", SMALL_SOURCES, "train.max_steps=2", "data.context_headline=true")
+    train(cfg)
+    model = cfg.run_dir / "model"
+    config = json.loads((model / "config.json").read_text())
+    assert config["context_headline"] is True and config["context_sentences"] == 0
+    assert "first sentence (its headline)" in (model / "README.md").read_text(encoding="utf-8")
+    tagger = Tagger(model)
+    assert tagger.label_info()["context_headline"] is True
+    # the tagger builds the pairs training built
+    every = load_records(cfg.data.sources, tagger.schema)
+    records = [r for r in every if r.article_id == every[0].article_id]
+    texts, pairs = model_inputs(records, 0, context_headline=True)
+    dataset_ids = tagger.tokenizer(texts, pairs, truncation=True, max_length=tagger.max_length)["input_ids"]
+    assert [item.encoding["input_ids"] for item in tagger._items_for(texts)] == dataset_ids
+    # and the headline reaches every later sentence
+    body = ["Die Regierung reagierte.", "Die Gespräche dauerten zwei Stunden."]
+    first, second = tagger.logits(["China und Deutschland vereinbaren Kooperation.", *body]), tagger.logits(["Wetterbericht.", *body])
+    assert not np.allclose(first[2], second[2])
