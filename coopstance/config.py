@@ -136,10 +136,17 @@ class LossArgs:
     topic_pos_weight: bool = _help("Up-weight rare topics: BCE pos_weight = negatives/positives in train.", True)
     stance_class_weights: bool = _help("Inverse-frequency class weights for the stance cross-entropy.", True)
     max_weight: float = _help("Cap for any pos_weight or class weight, so a rare label cannot dominate.", 10.0)
+    stance_label_smoothing: float = _help(
+        "Label smoothing of the stance cross-entropy (0 = off; torch's label_smoothing): the stance classes shade into "
+        "each other (neutral or cooperative?), and smoothing keeps the model from staking everything on one.",
+        0.0,
+    )
 
     def __post_init__(self) -> None:
         if self.topic_weight < 0 or self.stance_weight < 0 or self.topic_weight + self.stance_weight == 0:
             raise ConfigError("loss.topic_weight and loss.stance_weight must be >= 0 and not both 0")
+        if not 0 <= self.stance_label_smoothing < 1:
+            raise ConfigError(f"loss.stance_label_smoothing={self.stance_label_smoothing} must be in [0, 1)")
         if self.max_weight < 1:
             raise ConfigError(f"loss.max_weight={self.max_weight} must be >= 1")
 

@@ -40,6 +40,7 @@ def multitask_loss(
     stance_class_weight: torch.Tensor | None = None,
     topic_weight: float = 1.0,
     stance_weight: float = 1.0,
+    stance_label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """BCE over topics + CE over stance.
 
@@ -53,7 +54,7 @@ def multitask_loss(
     pos_weight = topic_pos_weight.to(logits.device) if topic_pos_weight is not None else None
     class_weight = stance_class_weight.to(logits.device) if stance_class_weight is not None else None
     topic_loss = F.binary_cross_entropy_with_logits(topic_logits, topic_targets, pos_weight=pos_weight)
-    stance_loss = F.cross_entropy(stance_logits, stance_targets, weight=class_weight)
+    stance_loss = F.cross_entropy(stance_logits, stance_targets, weight=class_weight, label_smoothing=stance_label_smoothing)
     return topic_weight * topic_loss + stance_weight * stance_loss
 
 

@@ -433,6 +433,7 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
         loss_fn_kwargs={
             "num_topics": schema.num_topics, "topic_pos_weight": pos_weight, "stance_class_weight": class_weight,
             "topic_weight": cfg.loss.topic_weight, "stance_weight": cfg.loss.stance_weight,
+            "stance_label_smoothing": cfg.loss.stance_label_smoothing,
         },
         head_learning_rate=cfg.train.head_learning_rate,
         layer_lr_decay=cfg.train.layer_lr_decay,

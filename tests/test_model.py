@@ -37,6 +37,18 @@ def test_weighted_loss_matches_hand_computation():
     assert loss.item() == pytest.approx(topic + stance, rel=1e-6)
 
 
+def test_stance_label_smoothing_matches_hand_computation():
+    logits = torch.tensor([[0.0, 1.0, 0.0, -1.0]])  # 1 topic, 3 stances
+    labels = torch.tensor([[0.0, 1.0]])
+    log_p = [x - math.log(math.exp(1.0) + math.exp(0.0) + math.exp(-1.0)) for x in (1.0, 0.0, -1.0)]
+    eps = 0.3  # target: 1 - eps on the gold class plus eps / 3 on every class
+    stance = -((1 - eps) * log_p[1] + eps / 3 * sum(log_p))
+    loss = multitask_loss(logits, labels, 1, topic_weight=0.0, stance_weight=1.0, stance_label_smoothing=eps)
+    assert loss.item() == pytest.approx(stance, rel=1e-6)
+    with pytest.raises(Exception, match=r"loss.stance_label_smoothing=1.0 must be in \[0, 1\)"):
+        LossArgs(stance_label_smoothing=1.0)
+
+
 def test_loss_weights_from_frequencies(schema):
     rows = [[1.0] + [0.0] * 9, [0.0] * 10, [0.0] * 10, [0.0] * 10]
     pos, cls = loss_weights(rows, [0, 0, 0, 1], schema, LossArgs(max_weight=5.0))
