@@ -70,15 +70,27 @@ def _comparable(cfg_yaml: dict[str, Any]) -> dict[str, Any]:
     return cfg_yaml
 
 
+def _same_config(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether a finished run's saved config is the wanted one. Keys the saved config lacks (it was written by an older
+    coopstance, before they existed) are left out of the comparison and returned, so the reuse can say so."""
+    saved, wanted = _comparable(saved), _comparable(wanted)
+    newer = [f"{section}.{key}" for section, values in wanted.items() if isinstance(values, dict)
+             for key in values if key not in (saved.get(section) or {})]
+    trimmed = {section: {k: v for k, v in values.items() if f"{section}.{k}" not in newer} if isinstance(values, dict) else values
+               for section, values in wanted.items()}
+    return saved == trimmed, newer
+
+
 def train_or_reuse(cfg: RunConfig) -> Path:
     """The exported model of `cfg`: a finished run with the same config is reused; otherwise it is trained (an
     unfinished one resumed; one with another config replaced)."""
     from coopstance.training import RunFolderError, train
 
     saved = cfg.run_dir / "config.yaml"
-    same = saved.is_file() and _comparable(yaml.safe_load(saved.read_text(encoding="utf-8"))) == _comparable(yaml.safe_load(cfg.to_yaml()))
+    same, newer = _same_config(yaml.safe_load(saved.read_text(encoding="utf-8")), yaml.safe_load(cfg.to_yaml())) if saved.is_file() else (False, [])
     if same and (cfg.run_dir / "metrics.json").is_file() and (cfg.run_dir / "model" / "config.json").is_file():
-        print(f"[studies] reusing the finished run {cfg.run_dir}")
+        note = f" (made before {', '.join(newer)} existed)" if newer else ""
+        print(f"[studies] reusing the finished run {cfg.run_dir}{note}")
         return cfg.run_dir / "model"
     try:
         train(cfg, argv=["coopstance.studies", cfg.train.run_name])

@@ -164,6 +164,16 @@ def test_cv_folds_partition_the_articles_by_language(schema):
         assert {a[:2] for a in fold["test"]} == {a[:2] for a in fold["dev"]} == {"de", "en"}  # every language in dev and test
 
 
+def test_a_study_reuses_a_run_saved_before_a_key_existed_and_says_so():
+    from coopstance.studies import _same_config
+
+    wanted = {"model": {"name_or_path": "m", "freeze_layers": 0}, "train": {"seed": 1, "overwrite": True, "calibrate": True}}
+    older = {"model": {"name_or_path": "m"}, "train": {"seed": 1, "overwrite": False}}
+    assert _same_config(older, wanted) == (True, ["model.freeze_layers", "train.calibrate"])
+    assert _same_config({"model": {"name_or_path": "m"}, "train": {"seed": 2}}, wanted)[0] is False
+    assert _same_config({"model": {"name_or_path": "m", "freeze_layers": 6}, "train": {"seed": 1, "calibrate": True}}, wanted)[0] is False
+
+
 @pytest.mark.slow
 def test_study_scripts_run_end_to_end_with_the_tiny_model(tmp_path):
     """Each study on the smallest budget (3 optimizer steps, two languages): the scripts, the reuse of finished runs,
