@@ -43,6 +43,8 @@ def test_articles(schema):
 def outputs(tagger, articles):
     logits = np.concatenate([tagger.logits([r.text for r in rs]) for rs in articles.values()])
     topic_probs, stance_probs = sigmoid(logits[:, :tagger.schema.num_topics]), softmax(logits[:, tagger.schema.num_topics:])
+    if tagger.calibration is not None:  # the tags the Tagger gives: thresholds are for calibrated scores
+        topic_probs, stance_probs = tagger.calibration.apply(topic_probs, stance_probs)
     return topic_probs, topic_probs >= tagger.thresholds, stance_probs, stance_probs.argmax(1)
 
 
