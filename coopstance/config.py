@@ -179,7 +179,9 @@ class TrainArgs:
     gradient_accumulation_steps: int = _help("Batches accumulated per optimizer step.", 1)
     warmup_ratio: float = _help("Fraction of steps used for linear warm-up.", 0.1)
     weight_decay: float = _help("AdamW weight decay.", 0.01)
-    precision: str = _help("auto (bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU), bf16, fp16, fp32.", "auto")
+    precision: str = _help(
+        "auto (bf16 where the GPU supports it, else fp16 on GPU; fp32 on CPU), bf16 (also on CPUs with native bf16, "
+        "AVX512-BF16 or AMX: autocast with fp32 weights), fp16 (GPU only), fp32.", "auto")
     early_stopping_patience: int = _help("Stop after this many epochs without a better dev score (0 = off).", 2)
     logging_steps: int = _help("Log loss and learning rate every N steps (TensorBoard in <run>/logs).", 10)
     save_total_limit: int = _help("Keep at most this many checkpoints (the best one is always kept).", 2)

@@ -53,11 +53,11 @@ CPU_MATMUL_SIZE = 512
 
 
 @functools.lru_cache(maxsize=8)
-def measure_cpu_peak_flops(threads: int, size: int = CPU_MATMUL_SIZE, repeats: int = 40) -> float:
-    """FLOP/s of the best of `repeats` fp32 matrix products on `threads` torch threads: the CPU's practical peak.
+def measure_cpu_peak_flops(threads: int, size: int = CPU_MATMUL_SIZE, repeats: int = 40, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the best of `repeats` matrix products in `dtype` on `threads` torch threads: the CPU's practical peak.
 
     `threads` must be torch's current thread count; it keys the cache, one measurement per thread count and process."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up: the first call allocates
     best = float("inf")
     for _ in range(repeats):
@@ -71,7 +71,8 @@ def device_peak_flops(device: torch.device, precision: str) -> tuple[float | Non
     """(peak FLOP/s, where the figure comes from); None for a GPU missing from PEAK_FLOPS."""
     if device.type != "cuda":
         threads = torch.get_num_threads()
-        return measure_cpu_peak_flops(threads), f"fp32 matmul measured on {threads} CPU thread(s)"
+        kind, dtype = ("bf16", torch.bfloat16) if precision == "bf16" else ("fp32", torch.float32)
+        return measure_cpu_peak_flops(threads, dtype=dtype), f"{kind} matmul measured on {threads} CPU thread(s)"
     name = torch.cuda.get_device_name(device)
     kind = "bf16" if precision in ("bf16", "fp16") else "fp32"
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"

@@ -10,6 +10,7 @@ Run folder layout (`<train.output_root>/<train.run_name>/`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,16 +210,46 @@ def prepare_run_dir(cfg: RunConfig, state: PartialState) -> str | None:
     return last
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matmuls (AVX512-BF16 or AMX), where oneDNN runs them about 2x faster than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str) -> tuple[bool, bool]:
-    """(bf16, fp16) flags for TrainingArguments."""
+    """(bf16, fp16) flags for TrainingArguments. On a CPU, bf16 (autocast, fp32 master weights) runs only when asked
+    for and the CPU has native bf16; "auto" stays fp32 there."""
     if precision == "auto":
         if torch.cuda.is_available():
             return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
         return False, False
-    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
-        print(f"[coopstance] train.precision={precision} needs a GPU; training in fp32 on CPU", file=sys.stderr)
+    if not torch.cuda.is_available():
+        if precision == "bf16" and cpu_supports_bf16():
+            return True, False
+        if precision in ("bf16", "fp16"):
+            why = "fp16 needs a GPU" if precision == "fp16" else "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+            print(f"[coopstance] train.precision={precision}: {why}; training in fp32", file=sys.stderr)
         return False, False
     return precision == "bf16", precision == "fp16"
+
+
+@contextlib.contextmanager
+def full_precision(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` in fp32 inside the block. Mixed-precision training wraps its forward in autocast (accelerate keeps
+    the plain one as `_original_forward`); the final dev/test predictions must be the fp32 ones the exported model
+    and the Tagger give, so that the tuned thresholds and metrics.json hold for them."""
+    wrapped = model.__dict__.get("forward")
+    original = getattr(model, "_original_forward", None)
+    if wrapped is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
 
 
 def _tokenizer_and_model(
@@ -445,8 +477,9 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
     scored = {"dev": splits["dev"], "test": splits["test"], **({"stress": stress} if stress else {})}
     outputs = {}  # split -> (topic probabilities, stance probabilities)
     for name, part in scored.items():
-        topic_probs, stance_logits = _predict(trainer, datasets[name] if name in datasets else EncodedDataset(part, tokenizer, schema, cfg),
-                                              schema.num_topics)
+        with full_precision(trainer.model):
+            topic_probs, stance_logits = _predict(trainer, datasets[name] if name in datasets else EncodedDataset(part, tokenizer, schema, cfg),
+                                                  schema.num_topics)
         outputs[name] = (topic_probs, softmax(stance_logits))
     if not state.is_main_process:
         state.wait_for_everyone()

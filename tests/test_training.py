@@ -282,3 +282,39 @@ def test_headline_context_is_trained_exported_and_rebuilt_by_the_tagger(tmp_path
     body = ["Die Regierung reagierte.", "Die Gespräche dauerten zwei Stunden."]
     first, second = tagger.logits(["China und Deutschland vereinbaren Kooperation.", *body]), tagger.logits(["Wetterbericht.", *body])
     assert not np.allclose(first[2], second[2])
+
+
+def test_full_precision_undoes_the_mixed_precision_forward():
+    from accelerate import Accelerator
+
+    from coopstance.training import cpu_supports_bf16, full_precision
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        exact = layer(x)
+        mixed = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(layer)
+        autocast = mixed(x)
+        assert not torch.allclose(autocast, exact, atol=1e-4)  # the prepared forward runs in bf16
+        with full_precision(mixed):
+            assert torch.equal(mixed(x), exact)
+        assert torch.equal(mixed(x), autocast)  # and the training forward is back afterwards
+
+
+def test_bf16_on_cpu_trains_in_bf16_and_reports_fp32_predictions(tmp_path):
+    from coopstance.evaluation import evaluate_model
+    from coopstance.training import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    cfg = tiny_config(tmp_path, "train.run_name=bf16", SMALL_SOURCES, "train.max_steps=4", "train.precision=bf16")
+    metrics = train(cfg)
+    assert metrics["throughput"]["precision"] == "bf16"
+    assert metrics["throughput"]["peak_source"].startswith("bf16 matmul")
+    # the reported figures are those of the exported fp32 model, as the Tagger computes them
+    scores = evaluate_model(cfg.run_dir / "model", "test", bootstrap_samples=0, baseline=False)["model_scores"]
+    for key in ("topic_macro_f1", "stance_macro_f1"):
+        assert scores[key] == pytest.approx(metrics["test"][key], abs=2e-3)
