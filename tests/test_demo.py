@@ -12,9 +12,9 @@ from conftest import REPO
 
 DEMO_BUDGET_S = 360
 # Over the TF-IDF baseline on test macro-F1. The encoder issue asks for 0.10 on both; measured on an idle 2-core CPU
-# (README, configs/demo.yaml): +0.116 on topics and +0.093 on stance, so these floors guard what is reached, less
-# run-to-run noise.
-MIN_MARGIN = {"topic_macro_f1": 0.09, "stance_macro_f1": 0.06}
+# (README, configs/demo.yaml): +0.115 on topics and +0.096 on stance, so these floors guard what is reached, less
+# run-to-run noise (a CPU without bf16 trains in fp32, which moves the figures by about 0.005).
+MIN_MARGIN = {"topic_macro_f1": 0.09, "stance_macro_f1": 0.08}
 
 
 def demo_margins(metrics: dict) -> dict[str, float]:
