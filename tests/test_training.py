@@ -286,11 +286,13 @@ def test_headline_context_is_trained_exported_and_rebuilt_by_the_tagger(tmp_path
 
 def test_full_precision_undoes_the_mixed_precision_forward():
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from coopstance.training import cpu_supports_bf16, full_precision
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bf16")
+    AcceleratorState._reset_state(True)  # a process-wide singleton: earlier runs in this process set it to fp32, as Trainer does
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 64)
     x = torch.randn(8, 64)
@@ -302,6 +304,7 @@ def test_full_precision_undoes_the_mixed_precision_forward():
         with full_precision(mixed):
             assert torch.equal(mixed(x), exact)
         assert torch.equal(mixed(x), autocast)  # and the training forward is back afterwards
+    AcceleratorState._reset_state(True)
 
 
 def test_bf16_on_cpu_trains_in_bf16_and_reports_fp32_predictions(tmp_path):
