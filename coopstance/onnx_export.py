@@ -5,8 +5,8 @@
 
 Then `Tagger(model_dir, backend="onnx")` (or "onnx-int8"), `coopstance predict --backend onnx`. The graph comes from
 `torch.onnx.export` (the torch.export-based exporter, dynamic batch and sequence axes); the int8 file from ONNX
-Runtime's `quantize_dynamic` (int8 weights of the MatMul/Gemm layers, activations quantized on the fly). Each file is
-checked against the torch model on a sample batch before it replaces an older one.
+Runtime's `quantize_dynamic` (int8 weights with one scale per output channel, activations quantized on the fly).
+Each file is checked against the torch model on a sample batch before it replaces an older one.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def export_onnx(model_dir: str | Path, int8: bool = False, log: Callable[[str], 
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         def write_int8(tmp: Path) -> None:
-            quantize_dynamic(path / ONNX_FILE, tmp, weight_type=QuantType.QInt8)
+            # Per-channel weight scales: with one scale per tensor a fine-tuned e5 kept 88% of its stances (per channel: 96%)
+            quantize_dynamic(path / ONNX_FILE, tmp, weight_type=QuantType.QInt8, per_channel=True)
             _check(tmp, sample, expected, None)
 
         written.append(path / INT8_FILE)
