@@ -197,11 +197,12 @@ class SystemOutput:
     thresholds: np.ndarray
 
 
-def predict_with_model(model_dir: Path, records: list[Record], thresholds: np.ndarray, device: str | None = None) -> SystemOutput:
+def predict_with_model(model_dir: Path, records: list[Record], thresholds: np.ndarray, device: str | None = None,
+                       backend: str = "torch") -> SystemOutput:
     """The tagger users run, on the evaluated articles as pre-split sentences (context from each article, in reading order)."""
     from coopstance.inference import Article, Tagger
 
-    tagger = Tagger(model_dir, device=device)
+    tagger = Tagger(model_dir, device=device, backend=backend)
     articles = group_articles(records)
     row = {(r.article_id, r.sentence_id): i for i, r in enumerate(records)}
     topic_probs = np.zeros((len(records), len(thresholds)))
@@ -300,6 +301,7 @@ def run_evaluation(
     baseline: bool = True,
     device: str | None = None,
     allow_overlap: bool = False,
+    backend: str = "torch",
 ) -> Evaluation:
     """Score the model (and the baseline trained on the model's training data) on `split` of `sources`
     (default: the model's own training sources and split file)."""
@@ -338,9 +340,10 @@ def run_evaluation(
     topics, stances = label_matrix(target, info.schema)
     topic_true, stance_true = np.asarray(topics, dtype=bool), np.asarray(stances)
     article_ids = [r.article_id for r in target]
-    model_output = predict_with_model(info.model_dir, target, info.thresholds, device)
+    model_output = predict_with_model(info.model_dir, target, info.thresholds, device, backend)
     metrics: dict[str, Any] = {
         "model": str(info.model_dir),
+        "backend": backend,
         "base_model": info.base_model,
         "split": split,
         "sources": eval_sources,

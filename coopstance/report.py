@@ -349,7 +349,8 @@ def _what_was_evaluated(evaluation: Evaluation) -> str:
     trained = m["trained_on"]
     lines = [
         "## What was evaluated", "",
-        f"- **Model:** `{m['model']}`, fine-tuned from {base_model(m.get('base_model'))[1]}",
+        f"- **Model:** `{m['model']}`, fine-tuned from {base_model(m.get('base_model'))[1]}"
+        + ("" if m.get("backend", "torch") == "torch" else f"; run with ONNX Runtime (`{m['backend']}`)"),
         f"- **Trained on:** {', '.join(f'`{s}`' for s in trained['sources'])}, split by `{trained['splits_file']}`" if trained
         else "- **Trained on:** unknown (no training_config.yaml in the model folder)",
         f"- **Evaluated on:** every article of {', '.join(f'`{s}`' for s in m['sources'])}" if m["split"] == "all" else

@@ -31,11 +31,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the TF-IDF baseline")
     parser.add_argument("--allow-overlap", action="store_true",
                         help="score evaluated articles whose ids the model was trained or tuned on (the report flags them)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                        help="the Tagger's backend (onnx files from `coopstance export-onnx`); the default report folder gets the name as a suffix")
     parser.add_argument("--out-dir", help="report folder (default: <run>/eval/<split> or <run>/eval/<file>-<split>)")
     args = parser.parse_args(argv)
     try:
         evaluation = run_evaluation(args.model, args.split, args.sources, args.splits_file, args.bootstrap, not args.no_baseline,
-                                    allow_overlap=args.allow_overlap)
+                                    allow_overlap=args.allow_overlap, backend=args.backend)
     except (FileNotFoundError, DataError, EvaluationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -47,9 +49,10 @@ def main(argv: list[str]) -> int:
     print(format_slices(metrics["model_slices"], metrics.get("baseline_slices")))
     for warning in metrics["warnings"]:
         print(f"\nwarning: {warning}", file=sys.stderr)
-    folder = Path(args.out_dir) if args.out_dir else Path(args.model).resolve().parent / "eval" / report_name(args.split, args.sources)
+    name = report_name(args.split, args.sources) + ("" if args.backend == "torch" else f"-{args.backend}")
+    folder = Path(args.out_dir) if args.out_dir else Path(args.model).resolve().parent / "eval" / name
     print(f"\nreport: {write_report(evaluation, folder)}")
-    if evaluation.own_test_split and evaluation.training_splits is not None:
+    if evaluation.own_test_split and evaluation.training_splits is not None and args.backend == "torch":
         from coopstance.modelcard import write_model_card
 
         shown = folder.resolve().relative_to(Path.cwd()) if folder.resolve().is_relative_to(Path.cwd()) else folder
