@@ -1,9 +1,13 @@
 """`coopstance export-onnx` and the ONNX backends: parity with torch on the test split of the corpus."""
 
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from coopstance.cli import main
 from coopstance.data import group_articles, label_matrix, load_records, load_splits, split_records
@@ -88,3 +92,21 @@ def test_export_of_a_bad_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["export-onnx", "--model", str(tmp_path)]) == 2
     assert "no coopstance label metadata" in capsys.readouterr().err
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_evaluate_scores_the_onnx_backend_into_its_own_report(exported):
+    def evaluate(*extra: str) -> None:
+        done = subprocess.run([sys.executable, str(REPO / "eval/evaluate.py"), str(exported), "--bootstrap", "0", "--no-baseline", *extra],
+                              cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    evaluate("--backend", "onnx")
+    folder = exported.parent / "eval" / "test-onnx"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["backend"] == "onnx"
+    assert "run with ONNX Runtime (`onnx`)" in (folder / "report.md").read_text(encoding="utf-8")
+    evaluate()
+    torch_metrics = json.loads((exported.parent / "eval" / "test" / "metrics.json").read_text())
+    assert torch_metrics["backend"] == "torch"
+    for key in ("topic_macro_f1", "stance_macro_f1"):  # fp32 ONNX gives the torch figures
+        assert metrics["model_scores"][key] == pytest.approx(torch_metrics["model_scores"][key], abs=1e-3)
