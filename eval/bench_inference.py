@@ -189,7 +189,7 @@ def main() -> None:
         # the ratio within each repeat (same minutes, same load), then the median of those
         ratios = {name: statistics.median(x / ref for x, ref in zip(r, rates[REFERENCE])) for name, r in rates.items()}
         print(f"model: {label}; {len(flat)} test sentences in {len(articles)} articles, max_seq_length "
-              f"{taggers['Tagger torch'].max_length}, context {context}")
+              f"{taggers['Tagger torch'].max_length}, context {context}{' with the headline' if headline else ''}")
         print(f"hardware: {cpu_name()}, {threads} CPU(s) available ({os.cpu_count()} visible), torch {torch.__version__} "
               f"and ONNX Runtime on {threads} threads; median of {args.repeats} repeats, interleaved by chunks of ~{CHUNK_SENTENCES} sentences\n")
         print(f"| {'system':<32} | sentences/s | vs reference | min-max sent/s | max abs prob diff vs torch | labels as torch |")
