@@ -42,7 +42,7 @@ xling: encoder ## study: per language, train without it and test on it (STUDY_CO
 	$(PY) eval/xling.py --config $(STUDY_CONFIG) $(STUDY_BUDGET) model.max_length=64 $(ARGS)
 
 ablate-context: encoder ## study: data.context_sentences 0, 1, 2 with the same seed and budget -> outputs/studies/
-	$(PY) eval/ablate_context.py --config $(STUDY_CONFIG) $(STUDY_BUDGET) model.max_length=256 $(ARGS)
+	$(PY) eval/ablate_context.py --config $(STUDY_CONFIG) $(STUDY_BUDGET) model.max_length=256 data.context_headline=false $(ARGS)
 
 cv: encoder ## study: FOLDS-fold cross-validation grouped by article, mean and sd of the headline figures -> outputs/studies/
 	$(PY) eval/cv.py --config $(STUDY_CONFIG) --folds $(FOLDS) $(STUDY_BUDGET) model.max_length=64 $(ARGS)
