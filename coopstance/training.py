@@ -340,6 +340,22 @@ def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: R
     return report
 
 
+def write_test_report(model_dir: Path, records: list[Record], output: tuple[np.ndarray, np.ndarray], thresholds: np.ndarray,
+                      cfg: RunConfig) -> Path:
+    """`train.report`: `<run>/eval/test/`, as `eval/evaluate.py <run>/model` writes it, from this run's own test predictions
+    (the exported model gives the same ones: tests/test_training.py), so the test split is not tagged twice."""
+    from coopstance.evaluation import SystemOutput, run_evaluation
+    from coopstance.report import write_report
+
+    topic_probs, stance_probs = output
+    predictions = SystemOutput(topic_probs, topic_probs >= thresholds, stance_probs, stance_probs.argmax(1), thresholds)
+    evaluation = run_evaluation(model_dir, "test", bootstrap_samples=cfg.train.bootstrap_samples, baseline=cfg.train.baseline,
+                                precomputed=(records, predictions))
+    folder = write_report(evaluation, cfg.run_dir / "eval" / "test")
+    print(f"[coopstance] test report: {folder}")
+    return folder
+
+
 def export_model(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, thresholds: np.ndarray, schema: LabelSchema,
                  cfg: RunConfig, second_opinion: tuple[TfidfBaseline, dict[str, Any]] | None = None,
                  calibration: Calibration | None = None) -> Path:
@@ -522,6 +538,8 @@ def train(cfg: RunConfig, argv: list[str] | None = None) -> dict[str, Any]:
                              calibration)
     write_model_card(model_dir, splits, metrics["test"], metrics.get("baseline", {}).get("test"), "the training run (metrics.json)")
     metrics["checkpoints_kept"] = cfg.train.keep_checkpoints
+    if cfg.train.report:
+        write_test_report(model_dir, splits["test"], outputs["test"], thresholds, cfg)
     atomic_write_json(run_dir / FINISHED_MARKER, metrics)
     if not cfg.train.keep_checkpoints:  # after metrics.json: a run killed here is finished, not resumable
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

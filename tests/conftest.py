@@ -36,7 +36,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
     """configs/tiny.yaml, shrunk further for tests, writing into tmp_path."""
     return load_config(
         REPO / "configs" / "tiny.yaml",
-        [f"train.output_root={tmp_path}", "train.epochs=2", "train.bootstrap_samples=20", "train.baseline=false",
+        [f"train.output_root={tmp_path}", "train.epochs=2", "train.bootstrap_samples=20", "train.baseline=false", "train.report=false",
          "model.tiny.vocab_size=800", *overrides],
     )
 
@@ -48,6 +48,7 @@ def trained_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     # keep_checkpoints: a test compares the export with the best checkpoint
-    cfg = tiny_config(out, "train.run_name=shared", "data.context_sentences=1", "train.baseline=true", "train.keep_checkpoints=true")
+    cfg = tiny_config(out, "train.run_name=shared", "data.context_sentences=1", "train.baseline=true", "train.keep_checkpoints=true",
+                      "train.report=true")
     metrics = train(cfg, argv=["pytest"])
     return cfg, metrics

@@ -127,3 +127,77 @@ def test_freeze_layers_stops_the_gradient_below_layer_n(schema):
         build_tiny_model(ModelArgs(name_or_path="tiny", freeze_layers=4, tiny=tiny), schema, tokenizer)
     with pytest.raises(ConfigError, match="model.freeze_layers=-1 must be >= 0"):
         ModelArgs(name_or_path="tiny", freeze_layers=-1)
+
+
+def test_keep_layers_drops_the_top_layers_and_exports_a_plain_shallower_model(schema, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from coopstance.config import ConfigError, TinyModelArgs
+    from coopstance.model import build_tiny_model, train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(["Chips und Batterien.", "芯片出口管制。"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    full = build_tiny_model(ModelArgs(name_or_path="tiny", tiny=TinyModelArgs(num_hidden_layers=3)), schema, tokenizer).eval()
+    full.save_pretrained(tmp_path / "full")
+    # the pretrained encoder path: load a 3-layer checkpoint, keep its bottom 2 layers with their weights
+    kept = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full")
+    from coopstance.model import drop_top_layers
+
+    drop_top_layers(kept, 2)
+    assert len(kept.bert.encoder.layer) == 2 and kept.config.num_hidden_layers == 2
+    assert torch.equal(kept.bert.encoder.layer[1].output.dense.weight, full.bert.encoder.layer[1].output.dense.weight)
+    kept.save_pretrained(tmp_path / "kept")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "kept").eval()
+    kept.eval()
+    inputs = tokenizer(["Chips und Batterien."], return_tensors="pt")
+    assert len(reloaded.bert.encoder.layer) == 2
+    assert torch.allclose(reloaded(**inputs).logits, kept(**inputs).logits, atol=1e-6)
+    # the same output as the full model's hidden state after layer 2, through the same head
+    hidden = full.bert(**inputs, output_hidden_states=True).hidden_states[2]
+    by_hand = full.classifier(full.bert.pooler(hidden))
+    assert torch.allclose(by_hand, kept(**inputs).logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="model.keep_layers=4 but the encoder has 3 layers; use at most 3"):
+        drop_top_layers(full, 4)
+    with pytest.raises(ConfigError, match="model.keep_layers=-1 must be >= 0"):
+        ModelArgs(name_or_path="tiny", keep_layers=-1)
+
+
+def test_mean_pooling_layer_feeds_the_stock_head_the_masked_mean_and_survives_export(schema, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from coopstance.config import ConfigError, TinyModelArgs
+    from coopstance.model import add_mean_pooling_layer, build_tiny_model, train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(["Chips und Batterien.", "芯片出口管制。", "Export controls on gallium."] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    model = build_tiny_model(ModelArgs(name_or_path="tiny", pooling="mean", tiny=TinyModelArgs(num_hidden_layers=2)), schema, tokenizer)
+    model.eval()
+    assert len(model.bert.encoder.layer) == 3 and model.config.num_hidden_layers == 3 and model.config.coopstance_mean_pooling
+    batch = tokenizer(["Chips und Batterien.", "Export controls on gallium and germanium, and more chips."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.bert(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden[2] * mask).sum(1) / mask.sum(1)
+    expected = model.bert.encoder.layer[1].output.LayerNorm(mean)  # standardized, then the last layer's own scale and shift
+    assert torch.nn.functional.cosine_similarity(hidden[3][:, 0], expected, dim=-1).min() > 0.999
+    # padding never counts: the short sentence alone gives the logits it gets in the padded batch
+    with torch.no_grad():
+        alone = model(**tokenizer(["Chips und Batterien."], return_tensors="pt")).logits
+        padded = model(**batch).logits[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+    # a training step leaves it a mean-pooler: queries and keys get no gradient while both are zero
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(**batch).logits.sum().backward()
+    optimizer.step()
+    pooling = model.bert.encoder.layer[-1].attention.self
+    assert not pooling.query.weight.any() and not pooling.key.weight.any()
+    # the export is a plain checkpoint of one layer more, and a second call (fine-tuning it again) adds nothing
+    model.eval().save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    add_mean_pooling_layer(reloaded)
+    assert len(reloaded.bert.encoder.layer) == 3
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, model(**batch).logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="model.pooling='max' is not one of"):
+        ModelArgs(name_or_path="tiny", pooling="max")

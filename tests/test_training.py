@@ -54,6 +54,12 @@ def test_reloaded_export_reproduces_the_reported_test_scores(trained_run):
     assert scores["n_sentences"] == metrics["test"]["n_sentences"]
     assert scores["topic_macro_f1"] == pytest.approx(metrics["test"]["topic_macro_f1"], abs=2e-3)
     assert scores["stance_macro_f1"] == pytest.approx(metrics["test"]["stance_macro_f1"], abs=2e-3)
+    # train.report: the run's own test report (its predictions, made before export) says what evaluating the export says
+    report = json.loads((cfg.run_dir / "eval" / "test" / "metrics.json").read_text())
+    assert report["predictions_from"].startswith("the training run") and (cfg.run_dir / "eval" / "test" / "report.md").is_file()
+    for key in ("n_sentences", "topic_macro_f1", "stance_macro_f1"):
+        assert report["model_scores"][key] == pytest.approx(scores[key], abs=2e-3), key
+    assert report["baseline_scores"]["n_sentences"] == scores["n_sentences"]
 
 
 def test_finished_run_is_not_overwritten(trained_run):
