@@ -60,6 +60,18 @@ def test_reloaded_export_reproduces_the_reported_test_scores(trained_run):
     for key in ("n_sentences", "topic_macro_f1", "stance_macro_f1"):
         assert report["model_scores"][key] == pytest.approx(scores[key], abs=2e-3), key
     assert report["baseline_scores"]["n_sentences"] == scores["n_sentences"]
+    # predictions for other sentences (or in another order) are refused, not scored against the wrong gold labels
+    from coopstance.data import load_records, load_splits, split_records
+    from coopstance.evaluation import EvaluationError, SystemOutput, run_evaluation
+    from coopstance.labels import load_schema
+
+    schema = load_schema(cfg.data.labels_file)
+    test = split_records(load_records(cfg.data.sources, schema), load_splits(cfg.data.splits_file))[0]["test"]
+    n = len(test)
+    output = SystemOutput(np.zeros((n, schema.num_topics)), np.zeros((n, schema.num_topics), bool), np.full((n, schema.num_stances), 0.25),
+                          np.zeros(n, int), np.full(schema.num_topics, 0.5))
+    with pytest.raises(EvaluationError, match="not for the test split"):
+        run_evaluation(cfg.run_dir / "model", "test", bootstrap_samples=0, precomputed=(test[::-1], output))
 
 
 def test_finished_run_is_not_overwritten(trained_run):
@@ -134,7 +146,7 @@ def test_two_process_ddp_writes_once(tmp_path):
     assert np.isfinite(metrics["train_loss"])
     # a finished run is left lean: checkpoints (optimizer state) are removed once metrics.json is written
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if not p.name.startswith(".")) == [
-        "command.txt", "config.yaml", "logs", "metrics.json", "model", "tokenizer"]
+        "command.txt", "config.yaml", "eval", "logs", "metrics.json", "model", "tokenizer"]  # eval/test/: train.report, rank 0
     assert not list(Path(tmp_path / "ddp").glob(".*tmp*"))
 
 
