@@ -350,7 +350,8 @@ def _what_was_evaluated(evaluation: Evaluation) -> str:
     lines = [
         "## What was evaluated", "",
         f"- **Model:** `{m['model']}`, fine-tuned from {base_model(m.get('base_model'))[1]}"
-        + ("" if m.get("backend", "torch") == "torch" else f"; run with ONNX Runtime (`{m['backend']}`)"),
+        + ("" if m.get("backend", "torch") == "torch" else f"; run with ONNX Runtime (`{m['backend']}`)")
+        + (f"; predictions from {m['predictions_from']}" if m.get("predictions_from", "").startswith("the training run") else ""),
         f"- **Trained on:** {', '.join(f'`{s}`' for s in trained['sources'])}, split by `{trained['splits_file']}`" if trained
         else "- **Trained on:** unknown (no training_config.yaml in the model folder)",
         f"- **Evaluated on:** every article of {', '.join(f'`{s}`' for s in m['sources'])}" if m["split"] == "all" else

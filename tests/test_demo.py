@@ -10,7 +10,11 @@ import time
 import pytest
 from conftest import REPO
 
-DEMO_BUDGET_S = 360
+from coopstance.training import cpu_supports_bf16
+
+# Six minutes on 2 cores of a CPU with native bf16. Without it the demo trains in fp32 and takes longer: 10 min 24 s on a
+# 2-core AMD EPYC without AVX-512 (README); that case is held to 11 minutes here, so a slowdown still shows.
+DEMO_BUDGET_S = 360 if cpu_supports_bf16() else 660
 # Over the TF-IDF baseline on test macro-F1. The encoder issue asks for 0.10 on both; measured on an idle 2-core CPU
 # (README, configs/demo.yaml): +0.115 on topics and +0.096 on stance, so these floors guard what is reached, less
 # run-to-run noise (a CPU without bf16 trains in fp32, which moves the figures by about 0.005).
