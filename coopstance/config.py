@@ -78,9 +78,9 @@ class ModelArgs:
     )
     keep_layers: int = _help(
         "Keep only the bottom N encoder layers of the pretrained encoder and drop the rest (0 = keep all). The exported "
-        "model is a plain checkpoint with N layers, so training and tagging both cost about N / L of the full model. For short "
-        "CPU runs (configs/demo.yaml); with multilingual-e5 only together with model.pooling=mean (its first token carries "
-        "nothing below the top layer).",
+        "model is a plain checkpoint with N layers, so training and tagging both cost about N / L of the full model, at a "
+        "measured cost in scores (README, cheaper encoders for the demo budget; no config uses it). With multilingual-e5 "
+        "only together with model.pooling=mean (its first token carries nothing below the top layer).",
         0,
     )
     pooling: str = _help(

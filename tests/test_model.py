@@ -133,7 +133,7 @@ def test_keep_layers_drops_the_top_layers_and_exports_a_plain_shallower_model(sc
     from transformers import AutoModelForSequenceClassification
 
     from coopstance.config import ConfigError, TinyModelArgs
-    from coopstance.model import build_tiny_model, train_tiny_tokenizer
+    from coopstance.model import build_tiny_model, drop_top_layers, train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(["Chips und Batterien.", "芯片出口管制。"] * 20, vocab_size=300)
     torch.manual_seed(0)
@@ -141,8 +141,6 @@ def test_keep_layers_drops_the_top_layers_and_exports_a_plain_shallower_model(sc
     full.save_pretrained(tmp_path / "full")
     # the pretrained encoder path: load a 3-layer checkpoint, keep its bottom 2 layers with their weights
     kept = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full")
-    from coopstance.model import drop_top_layers
-
     drop_top_layers(kept, 2)
     assert len(kept.bert.encoder.layer) == 2 and kept.config.num_hidden_layers == 2
     assert torch.equal(kept.bert.encoder.layer[1].output.dense.weight, full.bert.encoder.layer[1].output.dense.weight)
