@@ -286,12 +286,16 @@ def evaluate_probabilities(
     article_true = article_topic_matrix(article_ids, topic_true)
     article_pred = article_topic_matrix(article_ids, topic_pred)
     none_index = schema.stances.index("none") if "none" in schema.stances else None
+    in_china_free_article = china_free_article_rows(stance_true, article_ids, none_index) if none_index is not None else None
 
     def china_stance_rate(rows: np.ndarray) -> dict[str, float | None]:
         if none_index is None:
             return {}
         gold_none = stance_true[rows] == none_index
-        return {"china_stance_without_china_rate": float((stance_pred[rows][gold_none] != none_index).mean()) if gold_none.any() else None}
+        given = stance_pred[rows] != none_index
+        china_free = gold_none & in_china_free_article[rows]
+        return {"china_stance_without_china_rate": float(given[gold_none].mean()) if gold_none.any() else None,
+                "china_stance_in_china_free_articles_rate": float(given[china_free].mean()) if china_free.any() else None}
 
     head, per_topic = _threshold_free_scores(topic_true, topic_probs, stance_true, stance_probs, article_true, article_pred)
     head.update(china_stance_rate(np.arange(len(stance_true))))
@@ -317,7 +321,7 @@ def evaluate_probabilities(
         entry["article_f1"] = round(float(per_topic["article_f1"][j]), 4)
         entry["article_support"] = int(article_support[j])
     if none_index is not None:
-        report["china_stance_without_china"] = china_stance_without_china(stance_true, stance_pred, none_index)
+        report["china_stance_without_china"] = china_stance_without_china(stance_true, stance_pred, none_index, article_ids)
     report["stance_confusion"] = {"rows_gold_columns_predicted": list(schema.stances),
                                   "counts": confusion_matrix(stance_true, stance_pred, schema.num_stances).tolist()}
     report["calibration"] = {
@@ -352,12 +356,34 @@ def format_report(title: str, report: dict[str, Any], baseline: dict[str, Any] |
     return "\n".join(lines)
 
 
-def china_stance_without_china(gold_stance: np.ndarray, pred_stance: np.ndarray, none_index: int) -> dict[str, float | int]:
+def china_free_article_rows(gold_stance: np.ndarray, article_ids: list[str], none_index: int) -> np.ndarray:
+    """Per sentence: whether its article never refers to China (every sentence gold `none`)."""
+    gold_none = np.asarray(gold_stance) == none_index
+    rows = np.zeros(len(gold_none), dtype=bool)
+    for group in article_groups(article_ids):
+        rows[group] = gold_none[group].all()
+    return rows
+
+
+def china_stance_without_china(gold_stance: np.ndarray, pred_stance: np.ndarray, none_index: int,
+                               article_ids: list[str] | None = None) -> dict[str, Any]:
     """How often a sentence that does not refer to China (gold stance `none`) is given a China stance.
 
     The commonest real-news error: cooperation among other countries tagged `cooperative`, which means cooperation
-    *with China*. Reported as the share of gold-`none` sentences predicted otherwise."""
+    *with China*. Reported as the share of gold-`none` sentences predicted otherwise. With `article_ids`, also apart for
+    the sentences of articles that never refer to China (that error in its pure form: a US-Japan-Korea summit report)
+    and for the gold-`none` sentences of articles that do (a reporter's aside, a byline, a sentence about another
+    country: the guideline's finer calls)."""
     gold_none = np.asarray(gold_stance) == none_index
     wrong = gold_none & (np.asarray(pred_stance) != none_index)
-    n = int(gold_none.sum())
-    return {"rate": round(float(wrong.sum() / n), 4) if n else 0.0, "n_gold_none": n, "n_given_a_stance": int(wrong.sum())}
+
+    def rate(rows: np.ndarray) -> dict[str, float | int]:
+        n = int(rows.sum())
+        return {"rate": round(float(wrong[rows].sum() / n), 4) if n else 0.0, "n_gold_none": n, "n_given_a_stance": int(wrong[rows].sum())}
+
+    result: dict[str, Any] = rate(gold_none)
+    if article_ids is not None:
+        china_free = china_free_article_rows(gold_stance, article_ids, none_index)
+        result["in_china_free_articles"] = rate(gold_none & china_free)
+        result["in_articles_about_china"] = rate(gold_none & ~china_free)
+    return result

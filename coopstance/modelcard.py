@@ -35,6 +35,7 @@ CARD_FIGURES = (
     ("stance_accuracy", "Stance accuracy", "accuracy"),
     ("stance_ece", "Stance expected calibration error", "ece"),
     ("china_stance_without_china_rate", "China stance given without China (share of gold none)", "error_rate"),
+    ("china_stance_in_china_free_articles_rate", "China stance given in articles that never refer to China", "error_rate"),
 )
 
 
@@ -252,16 +253,25 @@ project); the base encoder keeps its own licence.
     return _front_matter(run_name, languages, hub_base, test_scores) + body
 
 
+def _flat_china_rates(scores: dict[str, Any]) -> dict[str, Any]:
+    """Training's metrics.json keeps the no-China rates in one nested entry; the card reads evaluate's flat keys."""
+    nested = scores.get("china_stance_without_china")
+    if "china_stance_without_china_rate" in scores or not nested:
+        return scores
+    flat = {**scores, "china_stance_without_china_rate": nested["rate"]}
+    if "in_china_free_articles" in nested:
+        flat["china_stance_in_china_free_articles_rate"] = nested["in_china_free_articles"]["rate"]
+    return flat
+
+
 def write_model_card(
     model_dir: str | Path, splits: dict[str, list[Record]], test_scores: dict[str, Any], baseline_scores: dict[str, Any] | None,
     evaluated_by: str,
 ) -> Path:
     """Write (or replace) `<model_dir>/README.md`; `splits` are the model's own train/dev/test records."""
     model_dir = Path(model_dir)
-    if "china_stance_without_china_rate" not in test_scores and "china_stance_without_china" in test_scores:  # training's form
-        test_scores = {**test_scores, "china_stance_without_china_rate": test_scores["china_stance_without_china"]["rate"]}
-    if baseline_scores and "china_stance_without_china_rate" not in baseline_scores and "china_stance_without_china" in baseline_scores:
-        baseline_scores = {**baseline_scores, "china_stance_without_china_rate": baseline_scores["china_stance_without_china"]["rate"]}
+    test_scores = _flat_china_rates(test_scores)
+    baseline_scores = _flat_china_rates(baseline_scores) if baseline_scores else baseline_scores
     path = model_dir / CARD_FILE
     atomic_write_text(path, render_model_card(model_dir, split_counts(splits), test_scores, baseline_scores, evaluated_by))
     return path

@@ -44,6 +44,8 @@ HEADLINE_ROWS = (
     ("stance_accuracy", "Stance accuracy", "share of sentences with the right stance"),
     ("china_stance_without_china_rate", "China stance without China", "share of sentences that do not refer to China (gold `none`) "
                                                                      "given a stance toward China; lower is better"),
+    ("china_stance_in_china_free_articles_rate", "... in articles without China", "the same, counting only the sentences of "
+     "articles that never refer to China (a report on a US-Japan-Korea summit): the error in its pure form"),
     ("topic_ece", "Topic calibration error (ECE)", "expected calibration error of every sentence x topic probability, 10 bins; lower is better"),
     ("stance_ece", "Stance calibration error (ECE)", "of the predicted stance's probability against being right, 10 bins; lower is better"),
 )

@@ -290,7 +290,8 @@ def _report(topic_probs: np.ndarray, stance_scores: np.ndarray, records: list[Re
         np.asarray(topics, dtype=bool), topic_probs >= thresholds, np.asarray(stances), stance_scores.argmax(1),
         [r.article_id for r in records], schema, cfg.train.bootstrap_samples, cfg.train.seed,
     )
-    report["china_stance_without_china"] = china_stance_without_china(stances, stance_scores.argmax(1), schema.stances.index("none"))
+    report["china_stance_without_china"] = china_stance_without_china(stances, stance_scores.argmax(1), schema.stances.index("none"),
+                                                                      [r.article_id for r in records])
     return report
 
 
@@ -336,7 +337,8 @@ def baseline_report(splits: dict[str, list[Record]], schema: LabelSchema, cfg: R
             np.asarray(topics, dtype=bool), topic_pred, np.asarray(stances), stance_pred,
             [r.article_id for r in splits[name]], schema, cfg.train.bootstrap_samples, cfg.train.seed,
         )
-        report[name]["china_stance_without_china"] = china_stance_without_china(stances, stance_pred, schema.stances.index("none"))
+        report[name]["china_stance_without_china"] = china_stance_without_china(stances, stance_pred, schema.stances.index("none"),
+                                                                            [r.article_id for r in splits[name]])
     return report
 
 

@@ -7,6 +7,7 @@ from coopstance.metrics import (
     average_precision,
     bootstrap_indices,
     calibration_bins,
+    china_stance_without_china,
     confusion_matrix,
     epoch_dev_scores,
     evaluate_predictions,
@@ -154,3 +155,27 @@ def test_evaluate_probabilities_intervals_bracket_every_headline_figure(schema):
     assert report["topic_macro_f1_at_0.5"] == report["topic_macro_f1"]
     assert sum(map(sum, report["stance_confusion"]["counts"])) == n
     assert sum(b["n"] for b in report["calibration"]["topics"]) == n * schema.num_topics
+
+
+def test_china_stance_without_china_by_hand_and_by_article_kind(schema):
+    none = schema.stances.index("none")
+    other = next(i for i, s in enumerate(schema.stances) if s != "none")
+    # article a: never refers to China (3 sentences, 1 given a stance); article b: refers to China in its first
+    # sentence, 2 gold-none sentences of which both are given a stance
+    gold = np.array([none, none, none, other, none, none])
+    pred = np.array([none, other, none, other, other, other])
+    ids = ["a", "a", "a", "b", "b", "b"]
+    result = china_stance_without_china(gold, pred, none, ids)
+    assert result["rate"] == round(3 / 5, 4) and result["n_gold_none"] == 5 and result["n_given_a_stance"] == 3
+    assert result["in_china_free_articles"] == {"rate": round(1 / 3, 4), "n_gold_none": 3, "n_given_a_stance": 1}
+    assert result["in_articles_about_china"] == {"rate": 1.0, "n_gold_none": 2, "n_given_a_stance": 2}
+    assert "in_china_free_articles" not in china_stance_without_china(gold, pred, none)
+    # evaluate_probabilities reports the same two rates, with intervals
+    stance_probs = np.eye(schema.num_stances)[pred]
+    truth = np.zeros((6, schema.num_topics), dtype=bool)
+    report = evaluate_probabilities(truth, np.zeros_like(truth, dtype=float), np.full(schema.num_topics, 0.5), gold, stance_probs,
+                                    ids, schema, 50)
+    assert report["china_stance_without_china_rate"] == round(3 / 5, 4)
+    assert report["china_stance_in_china_free_articles_rate"] == round(1 / 3, 4)
+    low, high = report["ci95"]["china_stance_in_china_free_articles_rate"]
+    assert low <= report["china_stance_in_china_free_articles_rate"] <= high
