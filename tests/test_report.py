@@ -123,6 +123,9 @@ def test_model_card_written_at_export_and_refreshed_by_evaluate(trained_run, tmp
     results = {m["name"]: m["value"] for r in front["model-index"][0]["results"] for m in r["metrics"]}
     assert results["Topic macro-F1 (tuned thresholds)"] == pytest.approx(metrics["test"]["topic_macro_f1"])
     assert results["Stance macro-F1"] == pytest.approx(metrics["test"]["stance_macro_f1"])
+    no_china = metrics["test"]["china_stance_without_china"]
+    assert no_china["in_china_free_articles"]["n_gold_none"] > 0  # the test split has articles that never refer to China
+    assert results["China stance given in articles that never refer to China"] == pytest.approx(no_china["in_china_free_articles"]["rate"])
     assert "base_model" not in front  # the tiny model has none
     assert "chips, chip design" in card and "Tagger(" in card and "AutoModelForSequenceClassification" in card
     assert f"{metrics['baseline']['test']['topic_macro_f1']:.3f}" in card  # the baseline beside the model
