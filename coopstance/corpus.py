@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=13, help="make-splits: shuffling seed")
     parser.add_argument("--extend", action="store_true",
                         help="make-splits: keep the split of every article already in --splits; split only the new ones")
+    parser.add_argument("--new-to", choices=SPLITS, default=None,
+                        help="make-splits --extend: put every new article in this split instead of splitting them 70/15/15")
     args = parser.parse_args(argv)
+    if args.new_to and not args.extend:
+        parser.error("--new-to needs --extend (without it every article is split afresh)")
     if args.command == "check":
         return run_check(args.sources, args.splits, args.labels, None if args.no_targets else Targets())
     schema = load_schema(args.labels)
@@ -260,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seeds = seed_article_ids(schema)
     keep = load_splits(args.splits) if args.extend else None
-    splits = make_splits(records, schema, seed=args.seed, force_test=seeds, keep=keep)
-    how = f"make-splits --seed {args.seed}" + (" --extend" if args.extend else "")
+    splits = make_splits(records, schema, seed=args.seed, force_test=seeds, keep=keep, new_split=args.new_to)
+    how = f"make-splits --seed {args.seed}" + (" --extend" if args.extend else "") + (f" --new-to {args.new_to}" if args.new_to else "")
+    kept_note = "; articles of the earlier split file kept where they were" if args.extend else ""
+    new_note = f"; the articles new in this round all in {args.new_to}" if args.new_to else ""
     comment = (f"Article-level splits (15% dev, 15% test per language; seed article(s) forced into test"
-               f"{'; articles of the earlier split file kept where they were' if args.extend else ''}), written by "
+               f"{kept_note}{new_note}), written by "
                f"`python -m coopstance.corpus {how}`. Do not edit by hand: every reported number depends on it.")
     write_splits(splits, Path(resolve_path(args.splits, must_exist=False)), comment)
     print(f"wrote {args.splits}: " + ", ".join(f"{s} {len(splits[s])} articles" for s in SPLITS))

@@ -260,11 +260,16 @@ def _coverage_gaps(articles: dict[str, list[Record]], ids: list[str], schema: La
 def make_splits(
     records: list[Record], schema: LabelSchema, dev_share: float = 0.15, test_share: float = 0.15,
     seed: int = 13, force_test: Iterable[str] = (), max_tries: int = 500, keep: dict[str, str] | None = None,
+    new_split: str | None = None,
 ) -> dict[str, list[str]]:
     """Stratified by language; retries seeds until every language, topic and stance appears in dev and test.
 
     `keep` (article id -> split) pins articles that already have a split, so that a grown corpus keeps its old test
-    articles in test (and every old number comparable); only the new articles are shuffled, in the same shares."""
+    articles in test (and every old number comparable); only the new articles are shuffled, in the same shares.
+    `new_split` sends every article not in `keep` to that one split instead: a round written to fix the training
+    data's class balance goes to train, so that dev and test, and every figure measured on them, stay as they were."""
+    if new_split is not None and new_split not in SPLITS:
+        raise DataError(f"new_split '{new_split}' is not a split; use one of {', '.join(SPLITS)}")
     articles = group_articles(records)
     by_lang: dict[str, list[str]] = defaultdict(list)
     forced = set(force_test)
@@ -278,6 +283,9 @@ def make_splits(
         split: dict[str, list[str]] = {"train": [], "dev": [], "test": sorted(forced)}
         for article_id, name in sorted(kept.items()):
             split[name].append(article_id)
+        if new_split is not None:
+            split[new_split] += [a for ids in by_lang.values() for a in ids]
+            by_lang = {}
         for lang in sorted(by_lang):
             ids = by_lang[lang][:]
             rng.shuffle(ids)

@@ -132,6 +132,18 @@ def test_make_splits_extend_keeps_every_earlier_assignment(tmp_path, schema):
     assert set().union(*map(set, grown.values())) == set(all_ids)
 
 
+def test_make_splits_new_split_sends_every_new_article_to_one_split(tmp_path, schema):
+    records = load_records([str(write_jsonl(tmp_path / "c.jsonl", _toy_corpus(schema)))], schema)
+    all_ids = sorted({r.article_id for r in records})
+    old = set(all_ids[::2])
+    keep = {a: s for s, ids in make_splits([r for r in records if r.article_id in old], schema, seed=3).items() for a in ids}
+    grown = make_splits(records, schema, seed=5, keep=keep, new_split="train")
+    assert {a: s for s, ids in grown.items() for a in ids if a in old} == keep
+    assert set(grown["train"]) == {a for a, s in keep.items() if s == "train"} | (set(all_ids) - old)
+    with pytest.raises(DataError, match="use one of train, dev, test"):
+        make_splits(records, schema, keep=keep, new_split="holdout")
+
+
 def test_split_records_never_splits_an_article(tmp_path, schema):
     path = write_jsonl(tmp_path / "c.jsonl", _toy_corpus(schema))
     records = load_records([str(path)], schema)
