@@ -277,15 +277,15 @@ def make_splits(
     for article_id, sentences in sorted(articles.items()):
         if article_id not in forced and article_id not in kept:
             by_lang[Counter(r.lang for r in sentences).most_common(1)[0][0]].append(article_id)
+    if new_split is not None:  # nothing left to shuffle: the new articles all go to one split
+        kept.update({a: new_split for ids in by_lang.values() for a in ids})
+        by_lang.clear()
     langs = {r.lang for r in records}
     for attempt in range(max_tries):
         rng = random.Random(seed + attempt)
         split: dict[str, list[str]] = {"train": [], "dev": [], "test": sorted(forced)}
         for article_id, name in sorted(kept.items()):
             split[name].append(article_id)
-        if new_split is not None:
-            split[new_split] += [a for ids in by_lang.values() for a in ids]
-            by_lang = {}
         for lang in sorted(by_lang):
             ids = by_lang[lang][:]
             rng.shuffle(ids)
